@@ -1,0 +1,312 @@
+//! The [`Embedder`] handle: one model replica, its tokenizer and its threads.
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use fletcher_model::{Encoder, ModelDir, Pooling, RaggedBatch};
+
+use crate::batch::{longest_first, plan_batches};
+use crate::tokenize::{TextTokenizer, TokenInfo, Tokens};
+use crate::{hub, EngineError, TruncationSide};
+
+/// Tokens in one ragged batch when nothing else is asked for: large enough to
+/// keep the matrix multiplies efficient, small enough for the activations of
+/// a batch to stay in the last-level cache of a small machine.
+const DEFAULT_MAX_BATCH_TOKENS: usize = 4096;
+
+/// How to load a model.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Threads of the embedder's pool; `None` uses every core.
+    pub threads: Option<usize>,
+    /// Pooling instead of the model's own pooling config; required for a
+    /// plain transformers directory.
+    pub pooling: Option<Pooling>,
+    /// Whether vectors are L2-normalized, instead of the model's Normalize
+    /// module.
+    pub normalize: Option<bool>,
+    /// Most tokens of a text, special tokens included, instead of the model's
+    /// `max_seq_length`; never more than the model's positions.
+    pub max_seq_length: Option<usize>,
+    /// Which end of an over-long text is cut by default.
+    pub truncation_side: TruncationSide,
+    /// Most tokens in one forward pass.
+    pub max_batch_tokens: Option<usize>,
+}
+
+/// Options of one embedding call.
+#[derive(Debug, Clone)]
+pub struct EmbedOptions {
+    /// L2-normalize the vectors; `None` follows the model.
+    pub normalize: Option<bool>,
+    /// Cut over-long texts; when false they fail with
+    /// [`EngineError::TooLong`].
+    pub truncate: bool,
+    /// Which end to cut; `None` follows the load options.
+    pub truncation_side: Option<TruncationSide>,
+    /// Text put before every input, as sentence-transformers' prompts are.
+    pub prompt: Option<String>,
+    /// Keep only the first `dimensions` components (before normalization).
+    pub dimensions: Option<usize>,
+}
+
+impl Default for EmbedOptions {
+    fn default() -> Self {
+        Self {
+            normalize: None,
+            truncate: true,
+            truncation_side: None,
+            prompt: None,
+            dimensions: None,
+        }
+    }
+}
+
+/// A loaded model ready to embed texts. Cheap to share between threads.
+#[derive(Debug)]
+pub struct Embedder {
+    id: String,
+    encoder: Box<dyn Encoder>,
+    tokenizer: TextTokenizer,
+    pooling: Vec<Pooling>,
+    normalize: bool,
+    truncation_side: TruncationSide,
+    max_batch_tokens: usize,
+    pool: rayon::ThreadPool,
+    threads: usize,
+}
+
+impl Embedder {
+    /// Loads a model from a directory or a Hugging Face Hub id.
+    pub fn load(spec: &str, options: &LoadOptions) -> Result<Self, EngineError> {
+        let path = hub::resolve_model(spec)?;
+        Self::load_dir(spec, &path, options)
+    }
+
+    /// Loads the model in `path`, reporting it as `id`.
+    pub fn load_dir(id: &str, path: &Path, options: &LoadOptions) -> Result<Self, EngineError> {
+        let dir = ModelDir::open(path)?;
+        let encoder = dir.load_encoder()?;
+        let pooling = match (options.pooling, &dir.sentence.pooling) {
+            (Some(mode), _) => vec![mode],
+            (None, Some(modes)) if !modes.is_empty() => modes.clone(),
+            (None, _) => {
+                return Err(EngineError::NoPooling {
+                    path: path.display().to_string(),
+                })
+            }
+        };
+        let max_len = options
+            .max_seq_length
+            .or(dir.sentence.max_seq_length)
+            .unwrap_or(usize::MAX)
+            .min(encoder.max_positions());
+        if max_len < 2 {
+            return Err(EngineError::InvalidOption(format!(
+                "max_seq_length {max_len} leaves no room for text"
+            )));
+        }
+        let tokenizer = TextTokenizer::load(&dir.tokenizer_path, max_len, dir.sentence.do_lower_case)?;
+        let threads = options.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("fletcher-cpu-{i}"))
+            .build()
+            .map_err(|e| EngineError::ThreadPool(e.to_string()))?;
+        Ok(Self {
+            id: id.to_owned(),
+            encoder,
+            tokenizer,
+            pooling,
+            normalize: options.normalize.unwrap_or(dir.sentence.normalize),
+            truncation_side: options.truncation_side,
+            max_batch_tokens: options.max_batch_tokens.unwrap_or(DEFAULT_MAX_BATCH_TOKENS).max(1),
+            pool,
+            threads: threads.max(1),
+        })
+    }
+
+    /// Components of each vector.
+    pub fn dimension(&self) -> usize {
+        self.encoder.hidden_size() * self.pooling.len()
+    }
+
+    /// Most tokens of one text, special tokens included.
+    pub fn max_seq_length(&self) -> usize {
+        self.tokenizer.max_len()
+    }
+
+    /// Threads that run the model.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// The model as it was named when loaded.
+    pub fn model_id(&self) -> &str {
+        &self.id
+    }
+
+    /// The pooling modes, concatenated in this order.
+    pub fn pooling(&self) -> &[Pooling] {
+        &self.pooling
+    }
+
+    /// Whether vectors are normalized unless a call says otherwise.
+    pub fn normalizes(&self) -> bool {
+        self.normalize
+    }
+
+    /// Floating-point operations to encode one text of `tokens` tokens.
+    pub fn flops(&self, tokens: usize) -> f64 {
+        self.encoder.flops(tokens)
+    }
+
+    /// Embeds `texts` with the model's defaults; vectors in input order.
+    pub fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.embed_with(texts, &EmbedOptions::default())
+    }
+
+    /// Tokens of each text after truncation, special tokens included.
+    pub fn token_counts(&self, texts: &[String]) -> Result<Vec<usize>, EngineError> {
+        let tokens = self
+            .pool
+            .install(|| self.tokenizer.encode(texts, self.truncation_side))?;
+        Ok(tokens.iter().map(|t| t.ids.len()).collect())
+    }
+
+    /// Embeds `texts` with `options`; vectors in input order.
+    pub fn embed_with(&self, texts: &[String], options: &EmbedOptions) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.check_options(options)?;
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.pool.install(|| {
+            let tokens = self.tokenize(texts, options)?;
+            let normalize = options.normalize.unwrap_or(self.normalize);
+            let lengths: Vec<usize> = tokens.iter().map(|t| t.ids.len()).collect();
+            let order = longest_first(&lengths);
+            let dim = self.dimension();
+            let mut out = vec![Vec::new(); texts.len()];
+            for batch in plan_batches(&order, &lengths, self.max_batch_tokens) {
+                let items: Vec<&Tokens> = batch.iter().map(|&i| &tokens[i]).collect();
+                let pooled = self.encode(&items)?;
+                for (&slot, vector) in batch.iter().zip(pooled.chunks_exact(dim)) {
+                    out[slot] = finish(vector, options.dimensions, normalize);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The tokens of each text with strings and offsets, truncated as the
+    /// model would.
+    pub fn tokenize_detailed(
+        &self,
+        texts: &[String],
+        side: Option<TruncationSide>,
+    ) -> Result<Vec<Vec<TokenInfo>>, EngineError> {
+        self.tokenizer
+            .detailed(texts, side.unwrap_or(self.truncation_side))
+    }
+
+    /// Refuses options this model cannot honour.
+    pub(crate) fn check_options(&self, options: &EmbedOptions) -> Result<(), EngineError> {
+        if let Some(d) = options.dimensions {
+            if d == 0 || d > self.dimension() {
+                return Err(EngineError::InvalidOption(format!(
+                    "dimensions must be between 1 and {}, got {d}",
+                    self.dimension()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Tokenizes `texts` as `options` say, on the current rayon pool; fails
+    /// on the first over-long text when truncation is off.
+    pub(crate) fn tokenize(&self, texts: &[String], options: &EmbedOptions) -> Result<Vec<Tokens>, EngineError> {
+        let inputs: Cow<'_, [String]> = match &options.prompt {
+            Some(prompt) => Cow::Owned(texts.iter().map(|t| format!("{prompt}{t}")).collect()),
+            None => Cow::Borrowed(texts),
+        };
+        let side = options.truncation_side.unwrap_or(self.truncation_side);
+        let tokens = self.tokenizer.encode(&inputs, side)?;
+        if !options.truncate {
+            let limit = self.tokenizer.max_len();
+            if let Some(index) = tokens.iter().position(|t| t.truncated) {
+                return Err(EngineError::TooLong {
+                    index,
+                    tokens: self.tokenizer.untruncated_len(&inputs[index])?,
+                    limit,
+                });
+            }
+        }
+        Ok(tokens)
+    }
+
+    /// Whether `options` ask for normalized vectors.
+    pub(crate) fn normalize_for(&self, options: &EmbedOptions) -> bool {
+        options.normalize.unwrap_or(self.normalize)
+    }
+
+    /// Encodes and pools `items` as one ragged batch on the embedder's pool:
+    /// `[items.len(), dimension]`, before normalization.
+    pub(crate) fn encode(&self, items: &[&Tokens]) -> Result<Vec<f32>, EngineError> {
+        let total: usize = items.iter().map(|t| t.ids.len()).sum();
+        let mut input_ids = Vec::with_capacity(total);
+        let mut token_type_ids = Vec::with_capacity(total);
+        let mut cu_seqlens = Vec::with_capacity(items.len() + 1);
+        cu_seqlens.push(0);
+        for t in items {
+            input_ids.extend_from_slice(&t.ids);
+            token_type_ids.extend_from_slice(&t.type_ids);
+            cu_seqlens.push(input_ids.len());
+        }
+        self.pool.install(|| {
+            let hidden = self.encoder.forward(&RaggedBatch {
+                input_ids: &input_ids,
+                token_type_ids: &token_type_ids,
+                cu_seqlens: &cu_seqlens,
+            })?;
+            let mut pooled = vec![0.0; items.len() * self.dimension()];
+            fletcher_model::pooling::pool(
+                &hidden,
+                self.encoder.hidden_size(),
+                &cu_seqlens,
+                &self.pooling,
+                &mut pooled,
+            );
+            Ok(pooled)
+        })
+    }
+}
+
+/// Shortens a pooled vector to `dimensions` and L2-normalizes it if asked.
+pub(crate) fn finish(pooled: &[f32], dimensions: Option<usize>, normalize: bool) -> Vec<f32> {
+    let mut v = pooled[..dimensions.unwrap_or(pooled.len())].to_vec();
+    if normalize {
+        let norm = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+        // sentence-transformers divides by max(norm, 1e-12).
+        let inv = (1.0 / norm.max(1e-12)) as f32;
+        for x in &mut v {
+            *x *= inv;
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::finish;
+
+    #[test]
+    fn finish_truncates_then_normalizes() {
+        let v = finish(&[3.0, 4.0, 12.0], Some(2), true);
+        assert_eq!(v.len(), 2);
+        assert!((v[0] - 0.6).abs() < 1e-7 && (v[1] - 0.8).abs() < 1e-7);
+        assert_eq!(finish(&[3.0, 4.0], None, false), vec![3.0, 4.0]);
+        assert_eq!(finish(&[0.0, 0.0], None, true), vec![0.0, 0.0]);
+    }
+}

@@ -1,0 +1,159 @@
+//! `fletcher serve`: load, bind, serve, drain on a signal.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fletcher_engine::{Embedder, Engine, EngineError, Metrics};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use crate::{router, ServeArgs};
+
+/// How long the runtime waits for stray blocking work once serving stopped.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(10);
+
+/// Why `fletcher serve` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The async runtime could not be built.
+    #[error("could not start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// The model could not be loaded or the engine not started.
+    #[error("could not load model {model}: {source}")]
+    Load {
+        /// The model argument.
+        model: String,
+        /// What the engine reported.
+        #[source]
+        source: EngineError,
+    },
+    /// The loading task panicked or was cancelled.
+    #[error("model loading stopped: {0}")]
+    LoadTask(String),
+    /// The address could not be bound.
+    #[error("could not listen on {address}: {source}")]
+    Bind {
+        /// `host:port` as given.
+        address: String,
+        /// What the operating system reported.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Accepting connections failed.
+    #[error("server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Runs `fletcher serve` until SIGTERM or SIGINT.
+///
+/// Installs a tracing subscriber (text, or JSON with `--json-logs`,
+/// filtered by `RUST_LOG`, default `info`) unless the process already has
+/// one, builds its own tokio runtime, loads the model on a blocking thread,
+/// then binds `--host:--port`: nothing listens until the model is loaded
+/// and warmed up. On SIGTERM or SIGINT it stops accepting connections,
+/// lets requests in flight finish, closes the engine and returns `Ok`. A
+/// signal that arrives while the model is still loading ends the process
+/// the default way.
+pub fn run(args: ServeArgs) -> Result<(), ServeError> {
+    init_logging(args.json_logs);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("fletcher-http")
+        .build()
+        .map_err(ServeError::Runtime)?;
+    let outcome = runtime.block_on(serve(args));
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    outcome
+}
+
+async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    let model = args.model.clone();
+    let load = args.load_options();
+    let config = args.engine_config();
+    tracing::info!(%model, "loading model");
+    let engine = tokio::task::spawn_blocking(move || {
+        let embedder = Embedder::load(&model, &load)?;
+        Engine::start(embedder, config, Arc::new(Metrics::new()))
+    })
+    .await
+    .map_err(|e| ServeError::LoadTask(e.to_string()))?
+    .map_err(|source| ServeError::Load {
+        model: args.model.clone(),
+        source,
+    })?;
+    let embedder = engine.embedder();
+    tracing::info!(
+        model = embedder.model_id(),
+        dimension = embedder.dimension(),
+        max_seq_length = embedder.max_seq_length(),
+        threads = embedder.threads(),
+        "model loaded"
+    );
+
+    let address = format!("{}:{}", args.host, args.port);
+    let listener = TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .map_err(|source| ServeError::Bind {
+            address: address.clone(),
+            source,
+        })?;
+    let local = listener.local_addr().map_or(address, |a| a.to_string());
+    tracing::info!(address = %local, "listening");
+
+    let app = router(engine.clone(), args.settings());
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(ServeError::Serve);
+    engine.close();
+    tracing::info!("stopped");
+    served
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!(signal = "SIGINT", "shutting down: finishing requests in flight"),
+        () = terminate => tracing::info!(signal = "SIGTERM", "shutting down: finishing requests in flight"),
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    // A subscriber the binary installed first is kept.
+    let _ = if json {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
+}

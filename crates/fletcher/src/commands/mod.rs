@@ -1,0 +1,14 @@
+//! The subcommands of `fletcher`, one module each.
+
+mod bench;
+mod embed;
+
+use crate::cli::{Cli, Command};
+
+/// Runs the subcommand `cli` asks for.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Embed(args) => embed::run(&args),
+        Command::Bench(args) => bench::run(&args),
+    }
+}
