@@ -3,7 +3,11 @@
 /// Splits `order` (text indices, longest first) into consecutive groups whose
 /// token counts sum to at most `max_tokens`; a text longer than the budget
 /// forms a group of its own.
-pub(crate) fn plan_batches(order: &[usize], lengths: &[usize], max_tokens: usize) -> Vec<Vec<usize>> {
+pub(crate) fn plan_batches(
+    order: &[usize],
+    lengths: &[usize],
+    max_tokens: usize,
+) -> Vec<Vec<usize>> {
     let mut batches = Vec::new();
     let mut current = Vec::new();
     let mut tokens = 0;

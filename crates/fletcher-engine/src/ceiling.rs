@@ -13,7 +13,10 @@ pub fn ceiling_gflops(threads: usize) -> f64 {
     let x: Vec<f32> = (0..m * k).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
     let mut y = vec![0.0; m * n];
     let linear = PackedLinear::new(&weight, None, n, k);
-    let Ok(pool) = rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build() else {
+    let Ok(pool) = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+    else {
         return f64::NAN;
     };
     pool.install(|| {

@@ -2,12 +2,13 @@
 
 use std::borrow::Cow;
 use std::path::Path;
+use std::sync::Arc;
 
 use fletcher_model::{Encoder, ModelDir, Pooling, RaggedBatch};
 
 use crate::batch::{longest_first, plan_batches};
 use crate::tokenize::{TextTokenizer, TokenInfo, Tokens};
-use crate::{hub, EngineError, TruncationSide};
+use crate::{hub, EngineError, Metrics, TruncationSide};
 
 /// Tokens in one ragged batch when nothing else is asked for: large enough to
 /// keep the matrix multiplies efficient, small enough for the activations of
@@ -62,18 +63,61 @@ impl Default for EmbedOptions {
     }
 }
 
+/// The encoder and its pooling: what every device runs. Devices share one
+/// `ModelCore`, so the packed weights exist once in memory.
+#[derive(Debug)]
+pub(crate) struct ModelCore {
+    encoder: Box<dyn Encoder>,
+    pooling: Vec<Pooling>,
+}
+
+impl ModelCore {
+    /// Components of each pooled vector.
+    pub fn dimension(&self) -> usize {
+        self.encoder.hidden_size() * self.pooling.len()
+    }
+
+    /// Encodes and pools `batch` on the current rayon pool:
+    /// `[sequences, dimension]`, before normalization. Stage times go to
+    /// `metrics` under `device`.
+    pub fn encode(
+        &self,
+        batch: &RaggedBatch<'_>,
+        device: &str,
+        metrics: &Metrics,
+    ) -> Result<Vec<f32>, EngineError> {
+        let hidden = self.encoder.forward(batch)?;
+        let start = std::time::Instant::now();
+        let mut pooled = vec![0.0; batch.num_sequences() * self.dimension()];
+        fletcher_model::pooling::pool(
+            &hidden,
+            self.encoder.hidden_size(),
+            batch.cu_seqlens,
+            &self.pooling,
+            &mut pooled,
+        );
+        metrics
+            .gpu_layer_duration_seconds
+            .with_label_values(&["pooling", device])
+            .observe(start.elapsed().as_secs_f64());
+        Ok(pooled)
+    }
+}
+
 /// A loaded model ready to embed texts. Cheap to share between threads.
 #[derive(Debug)]
 pub struct Embedder {
     id: String,
-    encoder: Box<dyn Encoder>,
+    core: Arc<ModelCore>,
     tokenizer: TextTokenizer,
-    pooling: Vec<Pooling>,
+    /// Metrics of calls made directly on the embedder (the CLI).
+    metrics: Metrics,
     normalize: bool,
     truncation_side: TruncationSide,
     max_batch_tokens: usize,
     pool: rayon::ThreadPool,
     threads: usize,
+    fingerprint: [u8; 32],
 }
 
 impl Embedder {
@@ -106,7 +150,14 @@ impl Embedder {
                 "max_seq_length {max_len} leaves no room for text"
             )));
         }
-        let tokenizer = TextTokenizer::load(&dir.tokenizer_path, max_len, dir.sentence.do_lower_case)?;
+        let tokenizer =
+            TextTokenizer::load(&dir.tokenizer_path, max_len, dir.sentence.do_lower_case)?;
+        let fingerprint = crate::cache::model_fingerprint(&[
+            dir.weights_path.as_path(),
+            dir.tokenizer_path.as_path(),
+            dir.config_path.as_path(),
+        ])
+        .map_err(|e| EngineError::InvalidOption(format!("cannot read the model files: {e}")))?;
         let threads = options.threads.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
@@ -117,20 +168,30 @@ impl Embedder {
             .map_err(|e| EngineError::ThreadPool(e.to_string()))?;
         Ok(Self {
             id: id.to_owned(),
-            encoder,
+            core: Arc::new(ModelCore { encoder, pooling }),
             tokenizer,
-            pooling,
+            metrics: Metrics::new(),
             normalize: options.normalize.unwrap_or(dir.sentence.normalize),
             truncation_side: options.truncation_side,
-            max_batch_tokens: options.max_batch_tokens.unwrap_or(DEFAULT_MAX_BATCH_TOKENS).max(1),
+            max_batch_tokens: options
+                .max_batch_tokens
+                .unwrap_or(DEFAULT_MAX_BATCH_TOKENS)
+                .max(1),
             pool,
             threads: threads.max(1),
+            fingerprint,
         })
+    }
+
+    /// A hash of the weights, tokenizer and config: two embedders with the
+    /// same fingerprint give the same vectors.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
     }
 
     /// Components of each vector.
     pub fn dimension(&self) -> usize {
-        self.encoder.hidden_size() * self.pooling.len()
+        self.core.dimension()
     }
 
     /// Most tokens of one text, special tokens included.
@@ -150,7 +211,7 @@ impl Embedder {
 
     /// The pooling modes, concatenated in this order.
     pub fn pooling(&self) -> &[Pooling] {
-        &self.pooling
+        &self.core.pooling
     }
 
     /// Whether vectors are normalized unless a call says otherwise.
@@ -160,7 +221,7 @@ impl Embedder {
 
     /// Floating-point operations to encode one text of `tokens` tokens.
     pub fn flops(&self, tokens: usize) -> f64 {
-        self.encoder.flops(tokens)
+        self.core.encoder.flops(tokens)
     }
 
     /// Embeds `texts` with the model's defaults; vectors in input order.
@@ -177,7 +238,11 @@ impl Embedder {
     }
 
     /// Embeds `texts` with `options`; vectors in input order.
-    pub fn embed_with(&self, texts: &[String], options: &EmbedOptions) -> Result<Vec<Vec<f32>>, EngineError> {
+    pub fn embed_with(
+        &self,
+        texts: &[String],
+        options: &EmbedOptions,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         self.check_options(options)?;
         if texts.is_empty() {
             return Ok(Vec::new());
@@ -226,7 +291,11 @@ impl Embedder {
 
     /// Tokenizes `texts` as `options` say, on the current rayon pool; fails
     /// on the first over-long text when truncation is off.
-    pub(crate) fn tokenize(&self, texts: &[String], options: &EmbedOptions) -> Result<Vec<Tokens>, EngineError> {
+    pub(crate) fn tokenize(
+        &self,
+        texts: &[String],
+        options: &EmbedOptions,
+    ) -> Result<Vec<Tokens>, EngineError> {
         let inputs: Cow<'_, [String]> = match &options.prompt {
             Some(prompt) => Cow::Owned(texts.iter().map(|t| format!("{prompt}{t}")).collect()),
             None => Cow::Borrowed(texts),
@@ -247,6 +316,10 @@ impl Embedder {
     }
 
     /// Whether `options` ask for normalized vectors.
+    pub(crate) fn truncation_side_for(&self, options: &EmbedOptions) -> TruncationSide {
+        options.truncation_side.unwrap_or(self.truncation_side)
+    }
+
     pub(crate) fn normalize_for(&self, options: &EmbedOptions) -> bool {
         options.normalize.unwrap_or(self.normalize)
     }
@@ -254,32 +327,41 @@ impl Embedder {
     /// Encodes and pools `items` as one ragged batch on the embedder's pool:
     /// `[items.len(), dimension]`, before normalization.
     pub(crate) fn encode(&self, items: &[&Tokens]) -> Result<Vec<f32>, EngineError> {
-        let total: usize = items.iter().map(|t| t.ids.len()).sum();
-        let mut input_ids = Vec::with_capacity(total);
-        let mut token_type_ids = Vec::with_capacity(total);
-        let mut cu_seqlens = Vec::with_capacity(items.len() + 1);
-        cu_seqlens.push(0);
-        for t in items {
-            input_ids.extend_from_slice(&t.ids);
-            token_type_ids.extend_from_slice(&t.type_ids);
-            cu_seqlens.push(input_ids.len());
-        }
+        let batch = Self::gather(items);
         self.pool.install(|| {
-            let hidden = self.encoder.forward(&RaggedBatch {
-                input_ids: &input_ids,
-                token_type_ids: &token_type_ids,
-                cu_seqlens: &cu_seqlens,
-            })?;
-            let mut pooled = vec![0.0; items.len() * self.dimension()];
-            fletcher_model::pooling::pool(
-                &hidden,
-                self.encoder.hidden_size(),
-                &cu_seqlens,
-                &self.pooling,
-                &mut pooled,
-            );
-            Ok(pooled)
+            self.core.encode(
+                &RaggedBatch {
+                    input_ids: &batch.input_ids,
+                    token_type_ids: &batch.token_type_ids,
+                    cu_seqlens: &batch.cu_seqlens,
+                },
+                "cpu:0",
+                &self.metrics,
+            )
         })
+    }
+
+    /// The encoder and pooling, shared with the engine's devices.
+    pub(crate) fn core(&self) -> Arc<ModelCore> {
+        self.core.clone()
+    }
+
+    /// Gathers `items` into one ragged batch of owned token ids.
+    pub(crate) fn gather(items: &[&Tokens]) -> crate::device::DeviceBatch {
+        let total: usize = items.iter().map(|t| t.ids.len()).sum();
+        let mut batch = crate::device::DeviceBatch {
+            id: 0,
+            input_ids: Vec::with_capacity(total),
+            token_type_ids: Vec::with_capacity(total),
+            cu_seqlens: Vec::with_capacity(items.len() + 1),
+        };
+        batch.cu_seqlens.push(0);
+        for t in items {
+            batch.input_ids.extend_from_slice(&t.ids);
+            batch.token_type_ids.extend_from_slice(&t.type_ids);
+            batch.cu_seqlens.push(batch.input_ids.len());
+        }
+        batch
     }
 }
 
@@ -287,7 +369,11 @@ impl Embedder {
 pub(crate) fn finish(pooled: &[f32], dimensions: Option<usize>, normalize: bool) -> Vec<f32> {
     let mut v = pooled[..dimensions.unwrap_or(pooled.len())].to_vec();
     if normalize {
-        let norm = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+        let norm = v
+            .iter()
+            .map(|&x| f64::from(x) * f64::from(x))
+            .sum::<f64>()
+            .sqrt();
         // sentence-transformers divides by max(norm, 1e-12).
         let inv = (1.0 / norm.max(1e-12)) as f32;
         for x in &mut v {

@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::queue::{self, BatchLimits, Job};
+use crate::cache::{CacheConfig, EmbeddingCache, KeyScope};
+use crate::device::{CpuDevice, Device, DeviceSpec, Fault};
+use crate::embedder::finish;
+use crate::queue::{self, BatchLimits, Event, Job};
 use crate::tokenize::TokenInfo;
 use crate::{EmbedOptions, Embedder, EngineError, Metrics, TruncationSide};
-
-/// Name of the one CPU device the engine runs on.
-const DEVICE: &str = "cpu:0";
 
 /// Limits of the serving engine.
 #[derive(Debug, Clone)]
@@ -24,6 +24,13 @@ pub struct EngineConfig {
     pub max_concurrent_inputs: usize,
     /// How long a request may wait for its vectors.
     pub request_timeout: Option<Duration>,
+    /// The devices to run on; empty means one CPU device with the
+    /// embedder's threads.
+    pub devices: Vec<DeviceSpec>,
+    /// Whether [`Engine::inject_fault`] may arm faults (tests only).
+    pub fault_injection: bool,
+    /// The embedding cache; `None` embeds every text.
+    pub cache: Option<CacheConfig>,
 }
 
 impl Default for EngineConfig {
@@ -33,6 +40,9 @@ impl Default for EngineConfig {
             max_batch_requests: usize::MAX,
             max_concurrent_inputs: 4096,
             request_timeout: None,
+            devices: Vec::new(),
+            fault_injection: false,
+            cache: None,
         }
     }
 }
@@ -79,19 +89,42 @@ pub(crate) struct Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.inner.in_flight.fetch_sub(self.inputs, Ordering::AcqRel);
+        self.inner
+            .in_flight
+            .fetch_sub(self.inputs, Ordering::AcqRel);
         self.inner.metrics.inputs_in_flight.sub(self.inputs as i64);
     }
 }
 
-#[derive(Debug)]
 struct Shared {
     embedder: Arc<Embedder>,
     config: EngineConfig,
     metrics: Arc<Metrics>,
     in_flight: AtomicUsize,
     healthy: Arc<AtomicBool>,
-    jobs: std::sync::Mutex<Option<mpsc::Sender<Job>>>,
+    events: std::sync::Mutex<Option<mpsc::Sender<Event>>>,
+    devices: Vec<Arc<dyn Device>>,
+    cache: Option<EmbeddingCache>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("model", &self.embedder.model_id())
+            .field("devices", &self.devices)
+            .field("in_flight", &self.in_flight)
+            .finish()
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Ok(mut events) = self.events.lock() {
+            if let Some(events) = events.take() {
+                let _ = events.send(Event::Close);
+            }
+        }
+    }
 }
 
 /// A model behind a batching queue, shared by every front end. Clones are
@@ -102,31 +135,68 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the queue thread for `embedder`, warms the model up with one
-    /// short text, and returns the handle.
-    pub fn start(embedder: Embedder, config: EngineConfig, metrics: Arc<Metrics>) -> Result<Self, EngineError> {
+    /// Starts the devices and the queue thread for `embedder`, warms the
+    /// model up with one short text, and returns the handle.
+    pub fn start(
+        embedder: Embedder,
+        config: EngineConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, EngineError> {
         let embedder = Arc::new(embedder);
         embedder.embed(&["warm-up".to_owned()])?;
-        for (labels, value) in [(DEVICE, 1.0)] {
-            metrics.gpu_weight.with_label_values(&[labels]).set(value);
-            metrics.gpu_batch_count_total.with_label_values(&[labels]);
-            metrics.gpu_sequences_total.with_label_values(&[labels]);
-            metrics.gpu_tokens_total.with_label_values(&[labels]);
-            metrics.gpu_throughput.with_label_values(&[labels]);
-            metrics.gpu_batch_time_seconds.with_label_values(&[labels]);
-        }
+        let specs = if config.devices.is_empty() {
+            vec![DeviceSpec {
+                threads: embedder.threads(),
+            }]
+        } else {
+            config.devices.clone()
+        };
         let (sender, receiver) = mpsc::channel();
+        let mut devices: Vec<Arc<dyn Device>> = Vec::with_capacity(specs.len());
+        for (index, spec) in specs.iter().enumerate() {
+            let device = CpuDevice::start(
+                index,
+                spec.threads,
+                embedder.core(),
+                sender.clone(),
+                metrics.clone(),
+            )?;
+            let name = [device.name()];
+            metrics.gpu_batch_count_total.with_label_values(&name);
+            metrics.gpu_sequences_total.with_label_values(&name);
+            metrics.gpu_tokens_total.with_label_values(&name);
+            metrics.gpu_throughput.with_label_values(&name);
+            metrics.gpu_batch_time_seconds.with_label_values(&name);
+            for stage in ["embeddings", "attention", "feed_forward", "pooling"] {
+                metrics
+                    .gpu_layer_duration_seconds
+                    .with_label_values(&[stage, device.name()]);
+            }
+            devices.push(Arc::new(device));
+        }
+        let cache = match &config.cache {
+            Some(c) if c.capacity_bytes > 0 || c.redis_url.is_some() => Some(
+                EmbeddingCache::new(c.clone(), metrics.clone())
+                    .map_err(|e| EngineError::InvalidOption(e.to_string()))?,
+            ),
+            _ => None,
+        };
         let healthy = Arc::new(AtomicBool::new(true));
         let limits = BatchLimits {
             max_tokens: config.max_batch_tokens.max(1),
             max_sequences: config.max_batch_requests.max(1),
         };
         {
-            let (embedder, metrics, healthy) = (embedder.clone(), metrics.clone(), healthy.clone());
+            let (embedder, metrics, healthy, devices) = (
+                embedder.clone(),
+                metrics.clone(),
+                healthy.clone(),
+                devices.clone(),
+            );
             std::thread::Builder::new()
                 .name("fletcher-queue".to_owned())
                 .spawn(move || {
-                    queue::run(embedder, receiver, limits, metrics, DEVICE.to_owned(), healthy.clone());
+                    queue::run(embedder, receiver, devices, limits, metrics);
                     healthy.store(false, Ordering::Relaxed);
                 })
                 .map_err(|e| EngineError::ThreadPool(e.to_string()))?;
@@ -138,14 +208,40 @@ impl Engine {
                 metrics,
                 in_flight: AtomicUsize::new(0),
                 healthy,
-                jobs: std::sync::Mutex::new(Some(sender)),
+                events: std::sync::Mutex::new(Some(sender)),
+                devices,
+                cache,
             }),
         })
+    }
+
+    /// Arms `fault` on the device named `device` (`cpu:1`). Refused unless
+    /// the engine was started with fault injection allowed.
+    pub fn inject_fault(&self, device: &str, fault: Fault) -> Result<(), EngineError> {
+        if !self.inner.config.fault_injection {
+            return Err(EngineError::InvalidOption(
+                "fault injection is disabled in this engine".to_owned(),
+            ));
+        }
+        let target = self
+            .inner
+            .devices
+            .iter()
+            .find(|d| d.name() == device)
+            .ok_or_else(|| EngineError::InvalidOption(format!("no device named `{device}`")))?;
+        target.faults().arm(fault);
+        Ok(())
     }
 
     /// The model behind the queue.
     pub fn embedder(&self) -> &Embedder {
         &self.inner.embedder
+    }
+
+    /// The model behind the queue, as a shared handle that outlives the
+    /// engine.
+    pub fn shared_embedder(&self) -> Arc<Embedder> {
+        self.inner.embedder.clone()
     }
 
     /// The engine's metrics.
@@ -158,9 +254,18 @@ impl Engine {
         &self.inner.config
     }
 
+    /// The embedding cache, when the engine has one.
+    pub fn cache(&self) -> Option<&EmbeddingCache> {
+        self.inner.cache.as_ref()
+    }
+
     /// Names of the devices the engine runs on.
     pub fn devices(&self) -> Vec<String> {
-        vec![DEVICE.to_owned()]
+        self.inner
+            .devices
+            .iter()
+            .map(|d| d.name().to_owned())
+            .collect()
     }
 
     /// Texts admitted and not yet answered.
@@ -175,8 +280,10 @@ impl Engine {
 
     /// Stops taking new requests; the queue finishes what it holds.
     pub fn close(&self) {
-        if let Ok(mut jobs) = self.inner.jobs.lock() {
-            jobs.take();
+        if let Ok(mut events) = self.inner.events.lock() {
+            if let Some(events) = events.take() {
+                let _ = events.send(Event::Close);
+            }
         }
     }
 
@@ -216,34 +323,80 @@ impl Engine {
         let permit = self.admit(n)?;
         let deadline = self.inner.config.request_timeout.map(|t| received + t);
 
+        let keys = self.inner.cache.as_ref().map(|_| {
+            KeyScope {
+                model: embedder.fingerprint(),
+                pooling: embedder.pooling().to_vec(),
+                dataset: request.dataset.clone(),
+                prompt: request.options.prompt.clone(),
+                truncate: request.options.truncate,
+                truncation_side: embedder.truncation_side_for(&request.options),
+                max_seq_length: embedder.max_seq_length(),
+            }
+            .keys(&request.texts)
+        });
         let options = request.options.clone();
         let texts = request.texts;
         let tokens = tokio::task::spawn_blocking(move || embedder.tokenize(&texts, &options))
             .await
             .map_err(|e| EngineError::Internal(format!("tokenization task: {e}")))??;
+        // Every text is tokenized, hit or miss: over-long texts are refused
+        // alike and `prompt_tokens` counts the whole request.
+        let cached: Vec<Option<Arc<[f32]>>> = match (&self.inner.cache, &keys) {
+            (Some(cache), Some(keys)) => cache.get_many(keys).await,
+            _ => vec![None; n],
+        };
+        let misses: Vec<usize> = (0..n).filter(|&i| cached[i].is_none()).collect();
         let tokenization = received.elapsed();
         let prompt_tokens: usize = tokens.iter().map(|t| t.ids.len()).sum();
+        let tokens: Vec<_> = if misses.len() == n {
+            tokens
+        } else {
+            let mut tokens: Vec<Option<_>> = tokens.into_iter().map(Some).collect();
+            misses.iter().filter_map(|&i| tokens[i].take()).collect()
+        };
         let metrics = &self.inner.metrics;
-        metrics.tokenization_duration_seconds.observe(tokenization.as_secs_f64());
+        metrics
+            .tokenization_duration_seconds
+            .observe(tokenization.as_secs_f64());
         metrics
             .tokenization_throughput
             .set(prompt_tokens as f64 / tokenization.as_secs_f64().max(1e-9));
         if let Some(dataset) = &request.dataset {
-            metrics.dataset_inputs_total.with_label_values(&[dataset]).inc_by(n as u64);
+            metrics
+                .dataset_inputs_total
+                .with_label_values(&[dataset])
+                .inc_by(n as u64);
         }
 
+        if misses.is_empty() {
+            metrics.vectors_processed_total.inc_by(n as u64);
+            let normalize = self.inner.embedder.normalize_for(&request.options);
+            return Ok(Embedded {
+                vectors: cached
+                    .iter()
+                    .flatten()
+                    .map(|v| finish(v, request.options.dimensions, normalize))
+                    .collect(),
+                prompt_tokens,
+                timings: Timings {
+                    tokenization,
+                    ..Timings::default()
+                },
+            });
+        }
         let (reply, answer) = oneshot::channel();
         let job = Job {
             tokens,
-            normalize: self.inner.embedder.normalize_for(&request.options),
-            dimensions: request.options.dimensions,
             deadline,
             reply,
             _permit: permit,
             enqueued: Instant::now(),
         };
-        let sent = match self.inner.jobs.lock() {
-            Ok(jobs) => jobs.as_ref().is_some_and(|s| s.send(job).is_ok()),
+        let sent = match self.inner.events.lock() {
+            Ok(events) => events
+                .as_ref()
+                .is_some_and(|s| s.send(Event::Job(job)).is_ok()),
             Err(_) => false,
         };
         if !sent {
@@ -267,8 +420,37 @@ impl Engine {
         }
         .map_err(|_| EngineError::Internal("the queue dropped a request".to_owned()))??;
         metrics.vectors_processed_total.inc_by(n as u64);
+        let normalize = self.inner.embedder.normalize_for(&request.options);
+        let fresh = output.vectors;
+        let vectors = if misses.len() == n {
+            fresh
+                .iter()
+                .map(|v| finish(v, request.options.dimensions, normalize))
+                .collect()
+        } else {
+            let mut vectors: Vec<Vec<f32>> = cached
+                .iter()
+                .map(|v| {
+                    v.as_deref().map_or_else(Vec::new, |v| {
+                        finish(v, request.options.dimensions, normalize)
+                    })
+                })
+                .collect();
+            for (&slot, v) in misses.iter().zip(&fresh) {
+                vectors[slot] = finish(v, request.options.dimensions, normalize);
+            }
+            vectors
+        };
+        if let (Some(cache), Some(keys)) = (&self.inner.cache, &keys) {
+            let entries = misses
+                .iter()
+                .zip(fresh)
+                .map(|(&slot, v)| (keys[slot], Arc::<[f32]>::from(v)))
+                .collect();
+            cache.put_many(entries).await;
+        }
         Ok(Embedded {
-            vectors: output.vectors,
+            vectors,
             prompt_tokens,
             timings: Timings {
                 tokenization,
@@ -279,7 +461,11 @@ impl Engine {
     }
 
     /// The tokens of each text, as the model would see them.
-    pub async fn tokenize(&self, texts: Vec<String>, side: Option<TruncationSide>) -> Result<Vec<Vec<TokenInfo>>, EngineError> {
+    pub async fn tokenize(
+        &self,
+        texts: Vec<String>,
+        side: Option<TruncationSide>,
+    ) -> Result<Vec<Vec<TokenInfo>>, EngineError> {
         let embedder = self.inner.embedder.clone();
         tokio::task::spawn_blocking(move || embedder.tokenize_detailed(&texts, side))
             .await

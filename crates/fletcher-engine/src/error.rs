@@ -52,7 +52,9 @@ pub enum EngineError {
     #[error("invalid option: {0}")]
     InvalidOption(String),
     /// Too many texts are in flight; the request was refused at once.
-    #[error("overloaded: {in_flight} texts in flight, {requested} more would pass the limit of {limit}")]
+    #[error(
+        "overloaded: {in_flight} texts in flight, {requested} more would pass the limit of {limit}"
+    )]
     Overloaded {
         /// Texts in the refused request.
         requested: usize,
@@ -74,6 +76,14 @@ pub enum EngineError {
         device: String,
         /// What went wrong.
         message: String,
+    },
+    /// A device produced a vector with NaN or infinity for a text, twice.
+    #[error("text {index}: device {device} produced a non-finite vector")]
+    InvalidOutput {
+        /// Position of the text in the request.
+        index: usize,
+        /// The device that produced it last.
+        device: String,
     },
     /// The engine is shutting down and takes no new work.
     #[error("the engine is shutting down")]

@@ -65,7 +65,7 @@ pub enum HubError {
         file: String,
         snapshot: PathBuf,
     },
-    /// The Hub answered with an HTTP error for a required file.
+    /// The Hub answered a required file with a client error (4xx other than 429).
     #[error(
         "model {repo_id}@{revision}: the Hub answered HTTP {status} for {file}; the repository, \
          revision or file does not exist, or it is private or gated and needs HF_TOKEN \
@@ -344,10 +344,13 @@ fn http_status(err: &ApiError) -> Option<u16> {
     }
 }
 
-/// Whether the failure says nothing about the file and may be a network problem, so
-/// the cache may stand in for the Hub.
+/// Whether the failure says nothing about the file (no answer, a server error, rate
+/// limiting), so the cache may stand in for the Hub.
 fn may_fall_back_to_cache(err: &ApiError) -> bool {
-    http_status(err).is_none() && !matches!(err, ApiError::LockAcquisition(_))
+    match http_status(err) {
+        Some(status) => status == 429 || status >= 500,
+        None => !matches!(err, ApiError::LockAcquisition(_)),
+    }
 }
 
 fn resolve_online(repo: &RepoSpec, settings: &HubSettings) -> Result<PathBuf, HubError> {
@@ -374,7 +377,7 @@ fn resolve_online(repo: &RepoSpec, settings: &HubSettings) -> Result<PathBuf, Hu
                 }
             }
             Err(err) => {
-                if let Some(status) = http_status(&err) {
+                if let Some(status) = http_status(&err).filter(|_| !may_fall_back_to_cache(&err)) {
                     return Err(HubError::NotFound {
                         repo_id: repo.id.clone(),
                         revision: repo.revision.clone(),
@@ -790,6 +793,11 @@ mod tests {
         }
         write(&snapshot.join("model.safetensors"), "weights");
         assert_eq!(resolve_with("acme/cached", &settings).unwrap(), snapshot);
+        assert_eq!(
+            resolve_with(&format!("acme/cached@{COMMIT}"), &settings).unwrap(),
+            snapshot,
+            "a commit without a ref is fetched, fails, and is found in the cache"
+        );
         let err = resolve_with("acme/elsewhere", &settings).unwrap_err();
         assert!(matches!(err, HubError::Download { .. }), "{err:?}");
     }
@@ -804,6 +812,14 @@ mod tests {
 
     impl FakeHub {
         fn start(files: HashMap<String, Vec<u8>>) -> FakeHub {
+            FakeHub::start_failing(files, None)
+        }
+
+        /// With `fail_with`, every request is answered with that status line.
+        fn start_failing(
+            files: HashMap<String, Vec<u8>>,
+            fail_with: Option<&'static str>,
+        ) -> FakeHub {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let endpoint = format!("http://{}", listener.local_addr().unwrap());
             let requests = Arc::new(Mutex::new(Vec::new()));
@@ -817,7 +833,7 @@ mod tests {
                             break;
                         }
                         if let Ok(stream) = stream {
-                            serve_one(stream, &files, &requests);
+                            serve_one(stream, &files, &requests, fail_with);
                         }
                     }
                 })
@@ -849,6 +865,7 @@ mod tests {
         mut stream: TcpStream,
         files: &HashMap<String, Vec<u8>>,
         requests: &Mutex<Vec<String>>,
+        fail_with: Option<&'static str>,
     ) {
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         let mut request_line = String::new();
@@ -873,7 +890,17 @@ mod tests {
             .unwrap_or("")
             .to_owned();
         requests.lock().unwrap().push(target.clone());
-        let (status, headers, body): (&str, Vec<String>, Vec<u8>) = match files.get(&target) {
+        let found = if fail_with.is_some() {
+            None
+        } else {
+            files.get(&target)
+        };
+        let (status, headers, body): (&str, Vec<String>, Vec<u8>) = match found {
+            None if fail_with.is_some() => (
+                fail_with.unwrap_or_default(),
+                vec![],
+                b"unavailable".to_vec(),
+            ),
             None => ("404 Not Found", vec![], b"Entry not found".to_vec()),
             Some(content) => {
                 let (start, end) = range
@@ -996,5 +1023,25 @@ mod tests {
             "{err:?}"
         );
         assert!(err.to_string().contains("HTTP 404"), "{err}");
+    }
+
+    #[test]
+    fn server_errors_fall_back_to_the_cache() {
+        let dir = TempDir::new();
+        let hub = FakeHub::start_failing(HashMap::new(), Some("503 Service Unavailable"));
+        let settings = online(&dir.0, hub.endpoint.clone());
+        let err = resolve_with("acme/flaky", &settings).unwrap_err();
+        assert!(
+            matches!(&err, HubError::Download { file, .. } if file == "config.json"),
+            "{err:?}"
+        );
+        let snapshot = fake_cached_model(
+            &dir.0,
+            "acme/flaky",
+            "main",
+            &["config.json", "tokenizer.json", "model.safetensors"],
+        );
+        assert_eq!(resolve_with("acme/flaky", &settings).unwrap(), snapshot);
+        assert!(hub.request_count() > 0, "the Hub was asked first");
     }
 }

@@ -6,7 +6,9 @@
 //! encoder, pools and normalizes, and answers in input order.
 
 mod batch;
+pub mod cache;
 mod ceiling;
+pub mod device;
 mod embedder;
 mod engine;
 mod error;

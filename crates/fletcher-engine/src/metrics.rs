@@ -39,6 +39,12 @@ pub struct Metrics {
     pub cache_hits_total: IntCounter,
     /// Texts the cache could not answer.
     pub cache_misses_total: IntCounter,
+    /// Bytes held by the embedding cache's memory tier.
+    pub cache_bytes: IntGauge,
+    /// Entries held by the embedding cache's memory tier.
+    pub cache_entries: IntGauge,
+    /// Failed calls to the embedding cache's Redis tier.
+    pub cache_redis_errors_total: IntCounter,
     /// Seconds spent tokenizing one request.
     pub tokenization_duration_seconds: Histogram,
     /// Tokens per second of the last tokenization.
@@ -61,6 +67,17 @@ pub struct Metrics {
     pub errors_total: IntCounterVec,
     /// Texts embedded per dataset named by the request.
     pub dataset_inputs_total: IntCounterVec,
+    /// Arrow Flight calls, by method.
+    pub flight_requests_total: IntCounterVec,
+    /// Bytes of Flight data messages sent to Flight clients.
+    pub flight_bytes_sent_total: IntCounter,
+    /// Seconds from a Flight call's arrival to the end of its answer, by
+    /// method.
+    pub flight_duration_seconds: HistogramVec,
+    /// Rows in the Flight sink's buffer, not yet acknowledged by the sink.
+    pub sink_rows_buffered: IntGauge,
+    /// Failed attempts to send rows to the Flight sink.
+    pub sink_errors_total: IntCounter,
 }
 
 fn exponential(start: f64, factor: f64, count: usize) -> Vec<f64> {
@@ -84,23 +101,38 @@ impl Metrics {
         let seconds = exponential(1e-4, 2.0, 18);
         Self {
             gpu_throughput: register!(GaugeVec::new(
-                Opts::new("fletcher_gpu_throughput", "GPU throughput in sequences per second"),
+                Opts::new(
+                    "fletcher_gpu_throughput",
+                    "GPU throughput in sequences per second"
+                ),
                 device
             )),
             gpu_batch_time_seconds: register!(GaugeVec::new(
-                Opts::new("fletcher_gpu_batch_time_seconds", "Last batch processing time in seconds"),
+                Opts::new(
+                    "fletcher_gpu_batch_time_seconds",
+                    "Last batch processing time in seconds"
+                ),
                 device
             )),
             gpu_batch_count_total: register!(IntCounterVec::new(
-                Opts::new("fletcher_gpu_batch_count_total", "Total number of batches processed"),
+                Opts::new(
+                    "fletcher_gpu_batch_count_total",
+                    "Total number of batches processed"
+                ),
                 device
             )),
             gpu_sequences_total: register!(IntCounterVec::new(
-                Opts::new("fletcher_gpu_sequences_total", "Total number of sequences processed"),
+                Opts::new(
+                    "fletcher_gpu_sequences_total",
+                    "Total number of sequences processed"
+                ),
                 device
             )),
             gpu_tokens_total: register!(IntCounterVec::new(
-                Opts::new("fletcher_gpu_tokens_total", "Total number of tokens processed"),
+                Opts::new(
+                    "fletcher_gpu_tokens_total",
+                    "Total number of tokens processed"
+                ),
                 device
             )),
             gpu_weight: register!(GaugeVec::new(
@@ -141,6 +173,18 @@ impl Metrics {
             cache_misses_total: register!(IntCounter::new(
                 "fletcher_cache_misses_total",
                 "Embedding cache misses"
+            )),
+            cache_bytes: register!(IntGauge::new(
+                "fletcher_cache_bytes",
+                "Bytes held by the embedding cache's memory tier"
+            )),
+            cache_entries: register!(IntGauge::new(
+                "fletcher_cache_entries",
+                "Entries held by the embedding cache's memory tier"
+            )),
+            cache_redis_errors_total: register!(IntCounter::new(
+                "fletcher_cache_redis_errors_total",
+                "Failed calls to the embedding cache's Redis tier"
             )),
             tokenization_duration_seconds: register!(Histogram::with_opts(
                 HistogramOpts::new(
@@ -189,12 +233,45 @@ impl Metrics {
                 "Texts waiting in the batching queue"
             )),
             errors_total: register!(IntCounterVec::new(
-                Opts::new("fletcher_errors_total", "Requests refused or failed, by error type"),
+                Opts::new(
+                    "fletcher_errors_total",
+                    "Requests refused or failed, by error type"
+                ),
                 &["error_type"]
             )),
             dataset_inputs_total: register!(IntCounterVec::new(
-                Opts::new("fletcher_dataset_inputs_total", "Texts embedded per dataset"),
+                Opts::new(
+                    "fletcher_dataset_inputs_total",
+                    "Texts embedded per dataset"
+                ),
                 &["dataset"]
+            )),
+            flight_requests_total: register!(IntCounterVec::new(
+                Opts::new(
+                    "fletcher_flight_requests_total",
+                    "Arrow Flight calls, by method"
+                ),
+                &["method"]
+            )),
+            flight_bytes_sent_total: register!(IntCounter::new(
+                "fletcher_flight_bytes_sent_total",
+                "Bytes of Flight data messages sent to Flight clients"
+            )),
+            flight_duration_seconds: register!(HistogramVec::new(
+                HistogramOpts::new(
+                    "fletcher_flight_duration_seconds",
+                    "Seconds from a Flight call's arrival to the end of its answer"
+                )
+                .buckets(exponential(1e-4, 2.0, 22)),
+                &["method"]
+            )),
+            sink_rows_buffered: register!(IntGauge::new(
+                "fletcher_sink_rows_buffered",
+                "Rows in the Flight sink's buffer, not yet acknowledged by the sink"
+            )),
+            sink_errors_total: register!(IntCounter::new(
+                "fletcher_sink_errors_total",
+                "Failed attempts to send rows to the Flight sink"
             )),
             registry,
         }

@@ -1,31 +1,54 @@
-//! Cross-request batching: one thread owns the queue, forms ragged batches
-//! from the texts of every waiting request, runs them on the device and
-//! answers each request when its last text is done.
+//! Cross-request batching and dispatch. One thread owns the queue: it forms
+//! ragged batches from the texts of every waiting request, hands each batch
+//! to the device that will finish it soonest given its measured throughput,
+//! and answers a request when its last text is done.
 //!
-//! Fairness: each batch takes texts from every waiting request in turn, a
-//! few at a time, so a short request is never stuck behind a long one.
-//! Requests whose client has gone, or whose deadline has passed, are dropped
-//! before their texts reach the device.
+//! - Fairness: a batch takes texts from every waiting request in turn, a few
+//!   at a time, so a short request is never stuck behind a long one.
+//! - Dropped work: a request whose client has gone, or whose deadline has
+//!   passed, leaves the queue before its texts reach a device.
+//! - Faults: texts of a batch that failed, panicked or gave non-finite
+//!   vectors are retried once, on another device when there is one; the
+//!   device sits out a back-off that grows with consecutive failures.
 
-use std::collections::VecDeque;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::embedder::finish;
+use crate::device::{Completion, Device};
+use crate::embedder::Embedder;
 use crate::engine::Permit;
 use crate::tokenize::Tokens;
-use crate::{Embedder, EngineError, Metrics};
+use crate::{EngineError, Metrics};
 
 /// Texts one request contributes to a batch before the next request's turn.
 const TURN: usize = 16;
+/// Batches a device may hold at once: one running, one waiting, so it never
+/// idles while the queue forms the next.
+const DEPTH: usize = 2;
+/// Weight of the newest measurement in a device's throughput average.
+const EWMA: f64 = 0.3;
+/// How long the queue sleeps when it has nothing to dispatch, between
+/// checks of deadlines and device back-offs.
+const TICK: Duration = Duration::from_millis(20);
+
+/// What the queue thread receives.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A new request.
+    Job(Job),
+    /// A device finished a batch.
+    Done(Completion),
+    /// No more requests will come; finish what is queued and stop.
+    Close,
+}
 
 /// What a finished request gets back from the queue.
 #[derive(Debug)]
 pub(crate) struct JobOutput {
+    /// Pooled vectors before normalization, in request order.
     pub vectors: Vec<Vec<f32>>,
     pub queue: Duration,
     pub inference: Duration,
@@ -35,8 +58,6 @@ pub(crate) struct JobOutput {
 #[derive(Debug)]
 pub(crate) struct Job {
     pub tokens: Vec<Tokens>,
-    pub normalize: bool,
-    pub dimensions: Option<usize>,
     pub deadline: Option<Instant>,
     pub reply: oneshot::Sender<Result<JobOutput, EngineError>>,
     /// Held until the job is answered or dropped.
@@ -44,16 +65,19 @@ pub(crate) struct Job {
     pub enqueued: Instant,
 }
 
-/// A job being served: its texts not yet scheduled and the vectors so far.
+/// A job being served.
 #[derive(Debug)]
 struct Active {
     job: Job,
-    next: usize,
-    done: usize,
+    /// Texts not yet sent to a device, in order.
+    pending: VecDeque<usize>,
+    /// Texts to send again, with the device that failed them.
+    retry: VecDeque<(usize, usize)>,
+    attempts: Vec<u8>,
     vectors: Vec<Vec<f32>>,
+    done: usize,
     started: Option<Instant>,
     inference: Duration,
-    finished: bool,
 }
 
 impl Active {
@@ -61,34 +85,43 @@ impl Active {
         let n = job.tokens.len();
         Self {
             job,
-            next: 0,
-            done: 0,
+            pending: (0..n).collect(),
+            retry: VecDeque::new(),
+            attempts: vec![0; n],
             vectors: vec![Vec::new(); n],
+            done: 0,
             started: None,
             inference: Duration::ZERO,
-            finished: false,
         }
     }
 
-    fn fail(&mut self, error: EngineError) {
-        if !self.finished {
-            self.finished = true;
-            let reply = std::mem::replace(&mut self.job.reply, oneshot::channel().0);
-            let _ = reply.send(Err(error));
-        }
+    fn waiting(&self) -> usize {
+        self.pending.len() + self.retry.len()
     }
+}
 
-    fn complete(&mut self) {
-        self.finished = true;
-        let reply = std::mem::replace(&mut self.job.reply, oneshot::channel().0);
-        let output = JobOutput {
-            vectors: std::mem::take(&mut self.vectors),
-            queue: self
-                .started
-                .map_or(Duration::ZERO, |s| s.duration_since(self.job.enqueued)),
-            inference: self.inference,
-        };
-        let _ = reply.send(Ok(output));
+/// A batch on a device.
+#[derive(Debug)]
+struct InFlight {
+    picks: Vec<(u64, usize)>,
+    tokens: usize,
+}
+
+/// The queue's view of a device.
+#[derive(Debug)]
+struct DeviceState {
+    device: Arc<dyn Device>,
+    /// Average tokens per second; `None` until the first batch finishes.
+    rate: Option<f64>,
+    outstanding: usize,
+    outstanding_tokens: usize,
+    failures: u32,
+    paused_until: Option<Instant>,
+}
+
+impl DeviceState {
+    fn usable(&self, now: Instant) -> bool {
+        self.outstanding < DEPTH && self.paused_until.is_none_or(|t| t <= now)
     }
 }
 
@@ -99,148 +132,363 @@ pub(crate) struct BatchLimits {
     pub max_sequences: usize,
 }
 
-/// Runs the queue until every sender is gone and every job is answered.
-pub(crate) fn run(
-    embedder: Arc<Embedder>,
-    jobs: mpsc::Receiver<Job>,
+/// The queue thread's state.
+struct Queue {
+    jobs: BTreeMap<u64, Active>,
+    next_job: u64,
+    in_flight: HashMap<u64, InFlight>,
+    next_batch: u64,
+    devices: Vec<DeviceState>,
     limits: BatchLimits,
     metrics: Arc<Metrics>,
-    device: String,
-    healthy: Arc<AtomicBool>,
+    dimension: usize,
+}
+
+/// Runs the queue until [`Event::Close`] arrives and everything queued is
+/// answered.
+pub(crate) fn run(
+    embedder: Arc<Embedder>,
+    events: mpsc::Receiver<Event>,
+    devices: Vec<Arc<dyn Device>>,
+    limits: BatchLimits,
+    metrics: Arc<Metrics>,
 ) {
-    let mut active: VecDeque<Active> = VecDeque::new();
+    let mut queue = Queue {
+        jobs: BTreeMap::new(),
+        next_job: 0,
+        in_flight: HashMap::new(),
+        next_batch: 0,
+        devices: devices
+            .into_iter()
+            .map(|device| DeviceState {
+                device,
+                rate: None,
+                outstanding: 0,
+                outstanding_tokens: 0,
+                failures: 0,
+                paused_until: None,
+            })
+            .collect(),
+        limits,
+        metrics,
+        dimension: embedder.dimension(),
+    };
+    queue.publish_weights();
+    let mut closing = false;
     loop {
-        if active.is_empty() {
-            match jobs.recv() {
-                Ok(job) => active.push_back(Active::new(job)),
-                Err(_) => return,
+        let first = if queue.can_dispatch() {
+            events.try_recv().ok()
+        } else if closing && queue.jobs.is_empty() && queue.in_flight.is_empty() {
+            return;
+        } else {
+            match events.recv_timeout(TICK) {
+                Ok(event) => Some(event),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        };
+        for event in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| events.try_recv().ok()))
+        {
+            match event {
+                Event::Job(job) => {
+                    queue.jobs.insert(queue.next_job, Active::new(job));
+                    queue.next_job += 1;
+                }
+                Event::Done(completion) => queue.complete(completion),
+                Event::Close => closing = true,
             }
         }
-        while let Ok(job) = jobs.try_recv() {
-            active.push_back(Active::new(job));
-        }
+        queue.prune();
+        queue.dispatch();
+    }
+}
 
+impl Queue {
+    fn can_dispatch(&self) -> bool {
         let now = Instant::now();
-        for a in &mut active {
+        self.jobs.values().any(|a| a.waiting() > 0) && self.devices.iter().any(|d| d.usable(now))
+    }
+
+    /// Drops jobs whose client has gone and fails those past their deadline.
+    fn prune(&mut self) {
+        let now = Instant::now();
+        self.jobs.retain(|_, a| {
             if a.job.reply.is_closed() {
-                a.finished = true;
-            } else if a.job.deadline.is_some_and(|d| d <= now) {
-                a.fail(EngineError::Timeout {
-                    waited: now.duration_since(a.job.enqueued),
-                });
+                return false;
             }
-        }
-        active.retain(|a| !a.finished);
-        let waiting: usize = active.iter().map(|a| a.job.tokens.len() - a.next).sum();
-        metrics.queue_depth.set(waiting as i64);
-
-        let picks = pick_batch(&mut active, limits);
-        if picks.is_empty() {
-            continue;
-        }
-        let items: Vec<&Tokens> = picks.iter().map(|&(j, i)| &active[j].job.tokens[i]).collect();
-        let (sequences, tokens) = (items.len(), items.iter().map(|t| t.ids.len()).sum::<usize>());
-        let start = Instant::now();
-        let outcome = catch_unwind(AssertUnwindSafe(|| embedder.encode(&items)));
-        drop(items);
-        let elapsed = start.elapsed();
-        for a in active.iter_mut().filter(|a| a.started.is_none() && a.next > 0) {
-            a.started = Some(start);
-        }
-
-        let labels = [device.as_str()];
-        metrics.gpu_batch_count_total.with_label_values(&labels).inc();
-        metrics.gpu_sequences_total.with_label_values(&labels).inc_by(sequences as u64);
-        metrics.gpu_tokens_total.with_label_values(&labels).inc_by(tokens as u64);
-        metrics.gpu_batch_time_seconds.with_label_values(&labels).set(elapsed.as_secs_f64());
-        metrics
-            .gpu_throughput
-            .with_label_values(&labels)
-            .set(sequences as f64 / elapsed.as_secs_f64().max(1e-9));
-        metrics.batch_size_distribution.observe(sequences as f64);
-
-        match outcome {
-            Ok(Ok(pooled)) => {
-                let dim = embedder.dimension();
-                let mut touched = Vec::new();
-                for (&(j, i), vector) in picks.iter().zip(pooled.chunks_exact(dim)) {
-                    let a = &mut active[j];
-                    a.vectors[i] = finish(vector, a.job.dimensions, a.job.normalize);
-                    a.done += 1;
-                    if touched.last() != Some(&j) {
-                        touched.push(j);
-                    }
-                }
-                for j in touched {
-                    let a = &mut active[j];
-                    a.inference += elapsed;
-                    if a.done == a.job.tokens.len() {
-                        a.complete();
-                    }
-                }
+            if a.job.deadline.is_some_and(|d| d <= now) {
+                let waited = now.duration_since(a.job.enqueued);
+                let reply = std::mem::replace(&mut a.job.reply, oneshot::channel().0);
+                let _ = reply.send(Err(EngineError::Timeout { waited }));
+                return false;
             }
-            Ok(Err(error)) => {
-                tracing::error!(%device, sequences, tokens, %error, "batch failed");
-                fail_batch(&mut active, &picks, || EngineError::Device {
-                    device: device.clone(),
-                    message: error.to_string(),
-                });
-            }
-            Err(panic) => {
-                metrics.panics_total.inc();
-                let message = panic_message(&panic);
-                tracing::error!(%device, sequences, tokens, %message, "device worker panicked");
-                fail_batch(&mut active, &picks, || EngineError::Device {
-                    device: device.clone(),
-                    message: format!("worker panicked: {message}"),
-                });
-            }
-        }
-        active.retain(|a| !a.finished);
-        healthy.store(true, Ordering::Relaxed);
+            true
+        });
+        let waiting: usize = self.jobs.values().map(Active::waiting).sum();
+        self.metrics.queue_depth.set(waiting as i64);
     }
-}
 
-/// Chooses the texts of the next batch: `(job, text)` pairs taken in turns
-/// of [`TURN`] texts per job until the token or sequence budget is spent.
-fn pick_batch(active: &mut VecDeque<Active>, limits: BatchLimits) -> Vec<(usize, usize)> {
-    let mut picks = Vec::new();
-    let mut tokens = 0;
-    'rounds: loop {
-        let mut progressed = false;
-        for (j, a) in active.iter_mut().enumerate() {
-            for _ in 0..TURN {
-                if a.next == a.job.tokens.len() {
-                    break;
+    /// The usable device that would finish one more batch soonest.
+    fn choose_device(&self, now: Instant) -> Option<usize> {
+        let known: Vec<f64> = self.devices.iter().filter_map(|d| d.rate).collect();
+        let default_rate = if known.is_empty() {
+            1.0
+        } else {
+            known.iter().sum::<f64>() / known.len() as f64
+        };
+        self.devices
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.usable(now))
+            .map(|(i, d)| {
+                let rate = d.rate.unwrap_or(default_rate).max(1e-9);
+                (i, (d.outstanding_tokens as f64 + 1.0) / rate)
+            })
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(i, _)| i)
+    }
+
+    /// Sends batches to devices while there are texts and free devices.
+    fn dispatch(&mut self) {
+        let now = Instant::now();
+        while let Some(d) = self.choose_device(now) {
+            let budget = self.budget(d);
+            let picks = self.pick_batch(d, budget);
+            if picks.is_empty() {
+                break;
+            }
+            let items: Vec<&Tokens> = picks
+                .iter()
+                .filter_map(|&(j, i)| self.jobs.get(&j).map(|a| &a.job.tokens[i]))
+                .collect();
+            let mut batch = Embedder::gather(&items);
+            batch.id = self.next_batch;
+            self.next_batch += 1;
+            let tokens = batch.tokens();
+            for &(j, _) in &picks {
+                if let Some(a) = self.jobs.get_mut(&j) {
+                    a.started.get_or_insert(now);
                 }
-                let len = a.job.tokens[a.next].ids.len();
-                let full = picks.len() >= limits.max_sequences || tokens + len > limits.max_tokens;
-                if !picks.is_empty() && full {
-                    break 'rounds;
+            }
+            let state = &mut self.devices[d];
+            state.outstanding += 1;
+            state.outstanding_tokens += tokens;
+            self.in_flight.insert(batch.id, InFlight { picks, tokens });
+            let id = batch.id;
+            if let Err(error) = self.devices[d].device.submit(batch) {
+                self.complete(Completion {
+                    device: d,
+                    batch: id,
+                    result: Err(error),
+                    elapsed: Duration::ZERO,
+                });
+            }
+        }
+    }
+
+    /// Tokens for the next batch of device `d`: the full budget for the
+    /// fastest device, less for slower ones so they do not hold the tail.
+    fn budget(&self, d: usize) -> usize {
+        let fastest = self
+            .devices
+            .iter()
+            .filter_map(|s| s.rate)
+            .fold(0.0, f64::max);
+        match self.devices[d].rate {
+            Some(rate) if fastest > 0.0 && self.devices.len() > 1 => {
+                ((self.limits.max_tokens as f64 * rate / fastest) as usize).max(256)
+            }
+            _ => self.limits.max_tokens,
+        }
+    }
+
+    /// Chooses `(job, text)` pairs for device `d`: retries first, then turns
+    /// of [`TURN`] texts per job until the budget is spent.
+    fn pick_batch(&mut self, d: usize, max_tokens: usize) -> Vec<(u64, usize)> {
+        let several = self.devices.len() > 1;
+        let max_sequences = self.limits.max_sequences;
+        let mut picks = Vec::new();
+        let mut tokens = 0;
+        let fits = |len: usize, picks: &Vec<(u64, usize)>, tokens: usize| {
+            picks.is_empty() || (picks.len() < max_sequences && tokens + len <= max_tokens)
+        };
+        for (&j, a) in &mut self.jobs {
+            let mut kept = VecDeque::new();
+            while let Some((i, failed_on)) = a.retry.pop_front() {
+                let len = a.job.tokens[i].ids.len();
+                if (several && failed_on == d) || !fits(len, &picks, tokens) {
+                    kept.push_back((i, failed_on));
+                    continue;
                 }
-                picks.push((j, a.next));
+                picks.push((j, i));
                 tokens += len;
-                a.next += 1;
-                progressed = true;
+            }
+            a.retry = kept;
+        }
+        'rounds: loop {
+            let mut progressed = false;
+            for (&j, a) in &mut self.jobs {
+                for _ in 0..TURN {
+                    let Some(&i) = a.pending.front() else { break };
+                    let len = a.job.tokens[i].ids.len();
+                    if !fits(len, &picks, tokens) {
+                        break 'rounds;
+                    }
+                    a.pending.pop_front();
+                    picks.push((j, i));
+                    tokens += len;
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                break;
             }
         }
-        if !progressed {
-            break;
+        picks
+    }
+
+    /// Takes a device's answer for a batch.
+    fn complete(&mut self, c: Completion) {
+        let Some(flight) = self.in_flight.remove(&c.batch) else {
+            return;
+        };
+        let now = Instant::now();
+        let state = &mut self.devices[c.device];
+        state.outstanding -= 1;
+        state.outstanding_tokens -= flight.tokens;
+        let name = state.device.name().to_owned();
+        let sequences = flight.picks.len();
+        let m = &self.metrics;
+        let labels = [name.as_str()];
+        m.gpu_batch_count_total.with_label_values(&labels).inc();
+        m.gpu_sequences_total
+            .with_label_values(&labels)
+            .inc_by(sequences as u64);
+        m.gpu_tokens_total
+            .with_label_values(&labels)
+            .inc_by(flight.tokens as u64);
+        m.gpu_batch_time_seconds
+            .with_label_values(&labels)
+            .set(c.elapsed.as_secs_f64());
+        let seconds = c.elapsed.as_secs_f64().max(1e-9);
+        m.gpu_throughput
+            .with_label_values(&labels)
+            .set(sequences as f64 / seconds);
+        m.batch_size_distribution.observe(sequences as f64);
+
+        match c.result {
+            Ok(pooled) => {
+                let state = &mut self.devices[c.device];
+                state.failures = 0;
+                state.paused_until = None;
+                let measured = flight.tokens as f64 / seconds;
+                state.rate = Some(
+                    state
+                        .rate
+                        .map_or(measured, |r| EWMA * measured + (1.0 - EWMA) * r),
+                );
+                let dim = self.dimension;
+                for (&(j, i), vector) in flight.picks.iter().zip(pooled.chunks_exact(dim)) {
+                    if vector.iter().all(|x| x.is_finite()) {
+                        if let Some(a) = self.jobs.get_mut(&j) {
+                            a.vectors[i] = vector.to_vec();
+                            a.done += 1;
+                        }
+                    } else {
+                        self.metrics.output_invalid_total.inc();
+                        tracing::warn!(device = %name, batch = c.batch, text = i, "non-finite vector");
+                        self.retry_or_fail(j, i, c.device, || EngineError::InvalidOutput {
+                            index: i,
+                            device: name.clone(),
+                        });
+                    }
+                }
+            }
+            Err(error) => {
+                let state = &mut self.devices[c.device];
+                state.failures += 1;
+                let backoff = Duration::from_millis(50) * 2u32.pow(state.failures.min(7));
+                state.paused_until = Some(now + backoff);
+                state.rate = state.rate.map(|r| r * 0.5);
+                tracing::warn!(device = %name, batch = c.batch, sequences, %error, ?backoff, "batch failed; retrying its texts");
+                let message = error.to_string();
+                for &(j, i) in &flight.picks {
+                    self.retry_or_fail(j, i, c.device, || EngineError::Device {
+                        device: name.clone(),
+                        message: message.clone(),
+                    });
+                }
+            }
+        }
+        self.finish_jobs(&flight.picks, c.elapsed);
+        self.publish_weights();
+    }
+
+    /// Queues text `i` of job `j` again unless it was already retried, in
+    /// which case the job fails with `error`.
+    fn retry_or_fail(&mut self, j: u64, i: usize, device: usize, error: impl Fn() -> EngineError) {
+        let Some(a) = self.jobs.get_mut(&j) else {
+            return;
+        };
+        if a.attempts[i] == 0 {
+            a.attempts[i] = 1;
+            a.retry.push_back((i, device));
+        } else if let Some(mut a) = self.jobs.remove(&j) {
+            let reply = std::mem::replace(&mut a.job.reply, oneshot::channel().0);
+            let _ = reply.send(Err(error()));
         }
     }
-    picks
-}
 
-fn fail_batch(active: &mut VecDeque<Active>, picks: &[(usize, usize)], error: impl Fn() -> EngineError) {
-    for &(j, _) in picks {
-        active[j].fail(error());
+    /// Answers the jobs among `picks` whose texts are all done.
+    fn finish_jobs(&mut self, picks: &[(u64, usize)], elapsed: Duration) {
+        let mut touched: Vec<u64> = picks.iter().map(|&(j, _)| j).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        for j in touched {
+            let Some(a) = self.jobs.get_mut(&j) else {
+                continue;
+            };
+            a.inference += elapsed;
+            if a.done == a.job.tokens.len() {
+                if let Some(mut a) = self.jobs.remove(&j) {
+                    let reply = std::mem::replace(&mut a.job.reply, oneshot::channel().0);
+                    let queue = a
+                        .started
+                        .map_or(Duration::ZERO, |s| s.duration_since(a.job.enqueued));
+                    let _ = reply.send(Ok(JobOutput {
+                        vectors: a.vectors,
+                        queue,
+                        inference: a.inference,
+                    }));
+                }
+            }
+        }
     }
-}
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_owned())
+    /// Sets `fletcher_gpu_weight` to each device's share of the measured
+    /// throughput (0 while it sits out a back-off).
+    fn publish_weights(&self) {
+        let now = Instant::now();
+        let rates: Vec<f64> = self
+            .devices
+            .iter()
+            .map(|d| {
+                if d.paused_until.is_some_and(|t| t > now) {
+                    0.0
+                } else {
+                    d.rate.unwrap_or(1.0)
+                }
+            })
+            .collect();
+        let total: f64 = rates.iter().sum();
+        for (d, rate) in self.devices.iter().zip(rates) {
+            let weight = if total > 0.0 { rate / total } else { 0.0 };
+            self.metrics
+                .gpu_weight
+                .with_label_values(&[d.device.name()])
+                .set(weight);
+        }
+    }
 }

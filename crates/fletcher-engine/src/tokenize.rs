@@ -122,12 +122,12 @@ impl TextTokenizer {
             .enumerate()
             .map(|(index, text)| {
                 let input = self.prepare(text.as_ref());
-                let mut encoding = tokenizer
-                    .encode_fast(input.as_ref(), true)
-                    .map_err(|e| EngineError::Tokenize {
+                let mut encoding = tokenizer.encode_fast(input.as_ref(), true).map_err(|e| {
+                    EngineError::Tokenize {
                         index,
                         message: e.to_string(),
-                    })?;
+                    }
+                })?;
                 let truncated = !encoding.take_overflowing().is_empty();
                 let ids = encoding.get_ids().to_vec();
                 Ok(Tokens {
@@ -171,12 +171,13 @@ impl TextTokenizer {
             .par_iter()
             .enumerate()
             .map(|(index, text)| {
-                let encoding = tokenizer
-                    .encode(text.as_str(), true)
-                    .map_err(|e| EngineError::Tokenize {
-                        index,
-                        message: e.to_string(),
-                    })?;
+                let encoding =
+                    tokenizer
+                        .encode(text.as_str(), true)
+                        .map_err(|e| EngineError::Tokenize {
+                            index,
+                            message: e.to_string(),
+                        })?;
                 Ok(encoding
                     .get_ids()
                     .iter()

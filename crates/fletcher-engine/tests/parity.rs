@@ -33,7 +33,10 @@ fn minilm_matches_sentence_transformers() {
             assert_eq!(*count, want, "token count of text {i}");
         }
     }
-    assert!(counts.iter().any(|&c| c == 256), "no reference text was truncated");
+    assert!(
+        counts.iter().any(|&c| c == 256),
+        "no reference text was truncated"
+    );
 }
 
 #[test]
@@ -55,7 +58,10 @@ fn a_vector_is_the_same_alone_and_in_any_batch() {
             worst = worst.max(max);
         }
     }
-    assert!(worst <= 1e-6, "largest difference between batchings: {worst}");
+    assert!(
+        worst <= 1e-6,
+        "largest difference between batchings: {worst}"
+    );
 }
 
 #[test]
@@ -64,7 +70,10 @@ fn other_pooling_modes_match() {
         ("minilm_pool_cls.jsonl", Pooling::Cls),
         ("minilm_pool_max.jsonl", Pooling::Max),
         ("minilm_pool_mean.jsonl", Pooling::Mean),
-        ("minilm_pool_mean_sqrt_len_tokens.jsonl", Pooling::MeanSqrtLen),
+        (
+            "minilm_pool_mean_sqrt_len_tokens.jsonl",
+            Pooling::MeanSqrtLen,
+        ),
         ("minilm_pool_lasttoken.jsonl", Pooling::LastToken),
     ] {
         let refs = references(file);
@@ -105,7 +114,12 @@ fn left_truncation_matches() {
 fn tiny_models_in_every_dtype_and_architecture_match() {
     let tiny = repo_root().join("tests/data/tiny");
     let mut seen = 0;
-    for name in ["bert-gelu-f32", "bert-gelu-new-f16", "bert-relu-bf16", "xlmr-f32"] {
+    for name in [
+        "bert-gelu-f32",
+        "bert-gelu-new-f16",
+        "bert-relu-bf16",
+        "xlmr-f32",
+    ] {
         let dir = tiny.join(name);
         let refs = references(&format!("tiny/{name}/reference.jsonl"));
         let embedder = Embedder::load_dir(name, &dir, &LoadOptions::default()).unwrap();
@@ -159,7 +173,11 @@ fn over_long_text_is_refused_when_truncation_is_off() {
         )
         .unwrap_err();
     match err {
-        EngineError::TooLong { index, tokens, limit } => {
+        EngineError::TooLong {
+            index,
+            tokens,
+            limit,
+        } => {
             assert_eq!(index, 0);
             assert_eq!(limit, 256);
             assert_eq!(tokens, 602, "600 words plus [CLS] and [SEP]");

@@ -8,23 +8,42 @@ use std::time::{Duration, Instant};
 
 const ROWS: [usize; 4] = [16, 256, 2048, 8192];
 /// (K, N): fused QKV, attention output, FFN up, FFN down.
-const SHAPES: [(usize, usize, &str); 4] =
-    [(384, 1152, "qkv"), (384, 384, "attn-out"), (384, 1536, "ffn-up"), (1536, 384, "ffn-down")];
+const SHAPES: [(usize, usize, &str); 4] = [
+    (384, 1152, "qkv"),
+    (384, 384, "attn-out"),
+    (384, 1536, "ffn-up"),
+    (1536, 384, "ffn-down"),
+];
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let threads: usize = args.next().map_or(2, |s| s.parse().expect("THREADS"));
-    let act = args.next().map_or(Activation::Identity, |s| Activation::from_hf_name(&s).expect("ACT"));
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
-    println!("isa {}, {threads} thread(s), activation {act:?}", fletcher_kernels::isa().name());
-    println!("{:>6} {:>5} {:>5} {:>9}  {:>8}  {:>10}", "M", "K", "N", "layer", "GFLOP/s", "us/call");
+    let act = args.next().map_or(Activation::Identity, |s| {
+        Activation::from_hf_name(&s).expect("ACT")
+    });
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("pool");
+    println!(
+        "isa {}, {threads} thread(s), activation {act:?}",
+        fletcher_kernels::isa().name()
+    );
+    println!(
+        "{:>6} {:>5} {:>5} {:>9}  {:>8}  {:>10}",
+        "M", "K", "N", "layer", "GFLOP/s", "us/call"
+    );
     pool.install(|| {
         for (k, n, name) in SHAPES {
-            let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+                .collect();
             let b: Vec<f32> = (0..n).map(|i| (i % 13) as f32 * 0.01).collect();
             let lin = PackedLinear::new(&w, Some(&b), n, k);
             for m in ROWS {
-                let x: Vec<f32> = (0..m * k).map(|i| ((i * 104_729) % 997) as f32 * 1e-3 - 0.5).collect();
+                let x: Vec<f32> = (0..m * k)
+                    .map(|i| ((i * 104_729) % 997) as f32 * 1e-3 - 0.5)
+                    .collect();
                 let mut y = vec![0f32; m * n];
                 let flops = 2.0 * (m * k * n) as f64;
                 // Warm up, then time batches of calls for at least ~0.3 s in total and keep
@@ -44,7 +63,11 @@ fn main() {
                 }
                 std::hint::black_box(&y);
                 let secs = best.as_secs_f64();
-                println!("{m:>6} {k:>5} {n:>5} {name:>9}  {:>8.1}  {:>10.1}", flops / secs / 1e9, secs * 1e6);
+                println!(
+                    "{m:>6} {k:>5} {n:>5} {name:>9}  {:>8.1}  {:>10.1}",
+                    flops / secs / 1e9,
+                    secs * 1e6
+                );
             }
         }
     });

@@ -74,13 +74,20 @@ pub(crate) fn run(isa: Isa, qkv: &[f32], cu: &[usize], heads: usize, d: usize, o
     let hidden = heads * d;
     let tokens = cu.last().copied().unwrap_or(0);
     assert!(!cu.is_empty() && cu[0] == 0, "cu_seqlens must start with 0");
-    assert!(cu.windows(2).all(|w| w[0] <= w[1]), "cu_seqlens must not decrease");
+    assert!(
+        cu.windows(2).all(|w| w[0] <= w[1]),
+        "cu_seqlens must not decrease"
+    );
     assert_eq!(qkv.len(), tokens * 3 * hidden);
     assert_eq!(out.len(), tokens * hidden);
     if tokens == 0 || hidden == 0 {
         return;
     }
-    let shape = Shape { hidden, d, scale: 1.0 / (d as f32).sqrt() };
+    let shape = Shape {
+        hidden,
+        d,
+        scale: 1.0 / (d as f32).sqrt(),
+    };
     let seqs = cu.len() - 1;
     let pairs = seqs * heads;
     let o = Out(out.as_mut_ptr());
@@ -97,7 +104,11 @@ pub(crate) fn run(isa: Isa, qkv: &[f32], cu: &[usize], heads: usize, d: usize, o
             unsafe { pair_with(isa, qkv, start, len, h, shape, o.ptr(), &mut sc) }
         });
     };
-    let work: usize = cu.windows(2).map(|w| (w[1] - w[0]) * (w[1] - w[0])).sum::<usize>() * hidden;
+    let work: usize = cu
+        .windows(2)
+        .map(|w| (w[1] - w[0]) * (w[1] - w[0]))
+        .sum::<usize>()
+        * hidden;
     if rayon::current_num_threads() == 1 || work < 1 << 16 {
         (0..pairs).for_each(job);
     } else {
@@ -129,7 +140,15 @@ unsafe fn pair_with(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pair_avx2(qkv: &[f32], start: usize, len: usize, h: usize, shape: Shape, out: *mut f32, sc: &mut Scratch) {
+unsafe fn pair_avx2(
+    qkv: &[f32],
+    start: usize,
+    len: usize,
+    h: usize,
+    shape: Shape,
+    out: *mut f32,
+    sc: &mut Scratch,
+) {
     // SAFETY: forwarded from the caller.
     unsafe { pair::<simd::Avx2>(qkv, start, len, h, shape, out, sc) }
 }
@@ -229,7 +248,12 @@ unsafe fn block<V: F32x8, const B: usize>(
             let mut acc = [[V::splat(0.0); 4]; B];
             for c in 0..d {
                 let kr = kt.add(c * lp + j);
-                let k = [V::load(kr), V::load(kr.add(8)), V::load(kr.add(16)), V::load(kr.add(24))];
+                let k = [
+                    V::load(kr),
+                    V::load(kr.add(8)),
+                    V::load(kr.add(16)),
+                    V::load(kr.add(24)),
+                ];
                 for b in 0..B {
                     let qv = V::broadcast(q[b].add(c));
                     for u in 0..4 {
@@ -320,7 +344,12 @@ unsafe fn context<V: F32x8, const B: usize>(
             let mut acc = [[V::splat(0.0); 4]; B];
             for j in 0..len {
                 let vr = v.add(j * dp + c0);
-                let vv = [V::load(vr), V::load(vr.add(8)), V::load(vr.add(16)), V::load(vr.add(24))];
+                let vv = [
+                    V::load(vr),
+                    V::load(vr.add(8)),
+                    V::load(vr.add(16)),
+                    V::load(vr.add(24)),
+                ];
                 for b in 0..B {
                     let pb = V::broadcast(p.add(b * lp + j));
                     for u in 0..4 {

@@ -49,7 +49,8 @@ fn detect_avx2_fma() -> bool {
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
-        let forced = std::env::var("FLETCHER_KERNELS_ISA").is_ok_and(|v| v.eq_ignore_ascii_case("portable"));
+        let forced =
+            std::env::var("FLETCHER_KERNELS_ISA").is_ok_and(|v| v.eq_ignore_ascii_case("portable"));
         if !forced && detect_avx2_fma() {
             Isa::Avx2Fma
         } else {

@@ -24,7 +24,14 @@ pub fn add_layer_norm(x: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f3
 }
 
 /// Both entry points on an explicit code path.
-pub(crate) fn run(isa: Isa, x: &mut [f32], residual: Option<&[f32]>, gamma: &[f32], beta: &[f32], eps: f32) {
+pub(crate) fn run(
+    isa: Isa,
+    x: &mut [f32],
+    residual: Option<&[f32]>,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) {
     let h = gamma.len();
     assert_eq!(beta.len(), h);
     if h == 0 {
@@ -44,11 +51,20 @@ pub(crate) fn run(isa: Isa, x: &mut [f32], residual: Option<&[f32]>, gamma: &[f3
             .par_chunks_mut(chunk_rows * h)
             .zip(r.par_chunks(chunk_rows * h))
             .for_each(|(x, r)| rows_with(isa, x, Some(r), gamma, beta, eps)),
-        None => x.par_chunks_mut(chunk_rows * h).for_each(|x| rows_with(isa, x, None, gamma, beta, eps)),
+        None => x
+            .par_chunks_mut(chunk_rows * h)
+            .for_each(|x| rows_with(isa, x, None, gamma, beta, eps)),
     }
 }
 
-fn rows_with(isa: Isa, x: &mut [f32], residual: Option<&[f32]>, gamma: &[f32], beta: &[f32], eps: f32) {
+fn rows_with(
+    isa: Isa,
+    x: &mut [f32],
+    residual: Option<&[f32]>,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2Fma` is only used on CPUs that have AVX2 and FMA.
@@ -59,12 +75,24 @@ fn rows_with(isa: Isa, x: &mut [f32], residual: Option<&[f32]>, gamma: &[f32], b
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn rows_avx2(x: &mut [f32], residual: Option<&[f32]>, gamma: &[f32], beta: &[f32], eps: f32) {
+unsafe fn rows_avx2(
+    x: &mut [f32],
+    residual: Option<&[f32]>,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) {
     rows_generic::<simd::Avx2>(x, residual, gamma, beta, eps);
 }
 
 #[inline(always)]
-fn rows_generic<V: F32x8>(x: &mut [f32], residual: Option<&[f32]>, gamma: &[f32], beta: &[f32], eps: f32) {
+fn rows_generic<V: F32x8>(
+    x: &mut [f32],
+    residual: Option<&[f32]>,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) {
     let h = gamma.len();
     match residual {
         Some(res) => {
@@ -82,7 +110,13 @@ fn rows_generic<V: F32x8>(x: &mut [f32], residual: Option<&[f32]>, gamma: &[f32]
 
 /// Normalizes one row of `gamma.len()` values.
 #[inline(always)]
-fn row_generic<V: F32x8>(row: &mut [f32], residual: Option<&[f32]>, gamma: &[f32], beta: &[f32], eps: f32) {
+fn row_generic<V: F32x8>(
+    row: &mut [f32],
+    residual: Option<&[f32]>,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) {
     let h = row.len();
     let h8 = h - h % 8;
     let p = row.as_mut_ptr();
@@ -144,7 +178,11 @@ fn row_generic<V: F32x8>(row: &mut [f32], residual: Option<&[f32]>, gamma: &[f32
     unsafe {
         while i < h8 {
             let d = V::load(p.add(i)).sub(m).mul(vinv);
-            d.mul_add(V::load(gamma.as_ptr().add(i)), V::load(beta.as_ptr().add(i))).store(p.add(i));
+            d.mul_add(
+                V::load(gamma.as_ptr().add(i)),
+                V::load(beta.as_ptr().add(i)),
+            )
+            .store(p.add(i));
             i += 8;
         }
     }

@@ -134,13 +134,21 @@ mod avx2 {
         fn round(self) -> Self {
             // SAFETY: see impl note.
             unsafe {
-                Self(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(self.0))
+                Self(_mm256_round_ps::<
+                    { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+                >(self.0))
             }
         }
         #[inline(always)]
         fn select_lt(a: Self, b: Self, x: Self, y: Self) -> Self {
             // SAFETY: see impl note.
-            unsafe { Self(_mm256_blendv_ps(y.0, x.0, _mm256_cmp_ps::<_CMP_LT_OQ>(a.0, b.0))) }
+            unsafe {
+                Self(_mm256_blendv_ps(
+                    y.0,
+                    x.0,
+                    _mm256_cmp_ps::<_CMP_LT_OQ>(a.0, b.0),
+                ))
+            }
         }
         #[inline(always)]
         fn exp2i(n: Self) -> Self {
@@ -154,7 +162,10 @@ mod avx2 {
         fn hsum(self) -> f32 {
             // SAFETY: see impl note.
             unsafe {
-                let s = _mm_add_ps(_mm256_castps256_ps128(self.0), _mm256_extractf128_ps::<1>(self.0));
+                let s = _mm_add_ps(
+                    _mm256_castps256_ps128(self.0),
+                    _mm256_extractf128_ps::<1>(self.0),
+                );
                 let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
                 let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
                 _mm_cvtss_f32(s)
@@ -164,7 +175,10 @@ mod avx2 {
         fn hmax(self) -> f32 {
             // SAFETY: see impl note.
             unsafe {
-                let s = _mm_max_ps(_mm256_castps256_ps128(self.0), _mm256_extractf128_ps::<1>(self.0));
+                let s = _mm_max_ps(
+                    _mm256_castps256_ps128(self.0),
+                    _mm256_extractf128_ps::<1>(self.0),
+                );
                 let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
                 let s = _mm_max_ss(s, _mm_shuffle_ps::<1>(s, s));
                 _mm_cvtss_f32(s)
@@ -299,8 +313,14 @@ pub(crate) fn exp<V: F32x8>(x: V) -> V {
     let r = n.mul_add(V::splat(-0.693_359_375), xc);
     let r = n.mul_add(V::splat(2.121_944_4e-4), r);
     // Cephes' expf polynomial for e^r on [-ln2/2, ln2/2].
-    const P: [f32; 6] =
-        [5.000_000_1e-1, 1.666_666_5e-1, 4.166_579_6e-2, 8.333_452e-3, 1.399_82e-3, 1.987_569_1e-4];
+    const P: [f32; 6] = [
+        5.000_000_1e-1,
+        1.666_666_5e-1,
+        4.166_579_6e-2,
+        8.333_452e-3,
+        1.399_82e-3,
+        1.987_569_1e-4,
+    ];
     let p = horner(r, &P);
     let y = p.mul_add(r.mul(r), r).add(V::splat(1.0));
     let y = y.mul(V::exp2i(n));
@@ -351,7 +371,9 @@ pub(crate) fn gelu_erf<V: F32x8>(x: V) -> V {
     // Large |x|.
     let zc = z.min(V::splat(9.5));
     let t = V::splat(1.0).div(half.mul_add(zc, V::splat(1.0)));
-    let erfc = exp(V::splat(0.0).sub(zc.mul(zc))).mul(t).mul(horner(t, &ERFC_LARGE));
+    let erfc = exp(V::splat(0.0).sub(zc.mul(zc)))
+        .mul(t)
+        .mul(horner(t, &ERFC_LARGE));
     let large = hax.mul(erfc).mul(V::splat(-1.0)).add(x.max(V::splat(0.0)));
     V::select_lt(z, V::splat(1.0), small, large)
 }

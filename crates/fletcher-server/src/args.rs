@@ -5,7 +5,10 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use fletcher_engine::cache::CacheConfig;
+use fletcher_engine::device::DeviceSpec;
 use fletcher_engine::{EngineConfig, LoadOptions, Pooling, TruncationSide};
+use fletcher_flight::FlightArgs;
 
 use crate::Settings;
 
@@ -86,6 +89,42 @@ pub struct ServeArgs {
     /// Log one JSON object a line instead of text.
     #[arg(long)]
     pub json_logs: bool,
+
+    /// Devices to run the model on, comma-separated: `cpu:N` is a device
+    /// of N cores with its own threads (for example `cpu:1,cpu:1`)
+    /// [default: one device with every core].
+    #[arg(long, value_parser = parse_devices)]
+    pub devices: Option<DeviceList>,
+
+    /// Bytes of embedding cache in memory; 0 turns the memory tier off.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub cache_capacity: u64,
+
+    /// Redis server shared by replicas as a second cache tier
+    /// (`redis://HOST:PORT`).
+    #[arg(long, env = "FLETCHER_CACHE_URL")]
+    pub cache_url: Option<String>,
+
+    /// Seconds an entry lives in Redis [default: until Redis evicts it].
+    #[arg(long, value_parser = parse_seconds)]
+    pub cache_ttl: Option<Duration>,
+
+    /// Prefix of every Redis key.
+    #[arg(long, default_value = "fletcher:")]
+    pub cache_prefix: String,
+
+    /// Longest wait for one Redis call, in seconds.
+    #[arg(long, default_value = "0.05", value_parser = parse_seconds)]
+    pub cache_timeout: Duration,
+
+    /// Allow `POST /admin/fault` to make a device panic, emit NaN or slow
+    /// down. For tests only; never on a production server.
+    #[arg(long, hide = true)]
+    pub fault_injection: bool,
+
+    /// The Arrow Flight service and the sink.
+    #[command(flatten)]
+    pub flight: FlightArgs,
 }
 
 impl ServeArgs {
@@ -108,6 +147,16 @@ impl ServeArgs {
             max_batch_requests: self.max_batch_requests.unwrap_or(usize::MAX),
             max_concurrent_inputs: self.max_concurrent_inputs,
             request_timeout: self.request_timeout,
+            devices: self.devices.clone().map(|d| d.0).unwrap_or_default(),
+            fault_injection: self.fault_injection,
+            cache: Some(CacheConfig {
+                capacity_bytes: self.cache_capacity,
+                redis_url: self.cache_url.clone(),
+                ttl: self.cache_ttl,
+                key_prefix: self.cache_prefix.clone(),
+                redis_timeout: self.cache_timeout,
+                ..CacheConfig::default()
+            }),
         }
     }
 
@@ -118,12 +167,23 @@ impl ServeArgs {
             payload_limit: self.payload_limit,
             api_key: self.api_key.clone(),
             auto_truncate: self.auto_truncate,
+            ..Settings::default()
         }
     }
 }
 
+/// The devices of `--devices`, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceList(pub Vec<DeviceSpec>);
+
+fn parse_devices(s: &str) -> Result<DeviceList, String> {
+    DeviceSpec::parse_list(s).map(DeviceList)
+}
+
 fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let seconds: f64 = s.parse().map_err(|e| format!("{s:?} is not a number of seconds: {e}"))?;
+    let seconds: f64 = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number of seconds: {e}"))?;
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{s:?} seconds: {e}"))
 }
 

@@ -84,8 +84,20 @@ fn decode(body: &[u8]) -> Result<ArrowTexts, ApiError> {
             )));
         }
         match column.data_type() {
-            DataType::Utf8 => texts.extend(column.as_string::<i32>().iter().flatten().map(str::to_owned)),
-            DataType::LargeUtf8 => texts.extend(column.as_string::<i64>().iter().flatten().map(str::to_owned)),
+            DataType::Utf8 => texts.extend(
+                column
+                    .as_string::<i32>()
+                    .iter()
+                    .flatten()
+                    .map(str::to_owned),
+            ),
+            DataType::LargeUtf8 => texts.extend(
+                column
+                    .as_string::<i64>()
+                    .iter()
+                    .flatten()
+                    .map(str::to_owned),
+            ),
             _ => texts.extend(column.as_string_view().iter().flatten().map(str::to_owned)),
         }
         columns.push(column);
@@ -119,8 +131,9 @@ fn encode(
         VectorFormat::F16 => DataType::Float16,
     };
     let item = Arc::new(Field::new("item", element, false));
-    let size = i32::try_from(dimension)
-        .map_err(|_| ArrowError::InvalidArgumentError(format!("dimension {dimension} is too large")))?;
+    let size = i32::try_from(dimension).map_err(|_| {
+        ArrowError::InvalidArgumentError(format!("dimension {dimension} is too large"))
+    })?;
     let schema = Arc::new(Schema::new(vec![
         input.field.clone(),
         Arc::new(Field::new(
@@ -143,10 +156,13 @@ fn encode(
         let values = rows.iter().flatten().copied();
         let values: ArrayRef = match format {
             VectorFormat::F32 => Arc::new(Float32Array::from_iter_values(values)),
-            VectorFormat::F16 => Arc::new(Float16Array::from_iter_values(values.map(f16::from_f32))),
+            VectorFormat::F16 => {
+                Arc::new(Float16Array::from_iter_values(values.map(f16::from_f32)))
+            }
         };
         let embedding = FixedSizeListArray::try_new(item.clone(), size, values, None)?;
-        let batch = RecordBatch::try_new(schema.clone(), vec![column.clone(), Arc::new(embedding)])?;
+        let batch =
+            RecordBatch::try_new(schema.clone(), vec![column.clone(), Arc::new(embedding)])?;
         writer.write(&batch)?;
     }
     writer.finish()?;
@@ -194,20 +210,33 @@ mod tests {
             .collect();
         assert_eq!(batches.len(), 2);
         let last = batches[1].column(1).as_fixed_size_list();
-        let values = last.values().as_primitive::<arrow::datatypes::Float16Type>();
-        assert_eq!(values.values().to_vec(), vec![f16::from_f32(5.0), f16::from_f32(6.5)]);
+        let values = last
+            .values()
+            .as_primitive::<arrow::datatypes::Float16Type>();
+        assert_eq!(
+            values.values().to_vec(),
+            vec![f16::from_f32(5.0), f16::from_f32(6.5)]
+        );
         assert_eq!(batches[1].column(0).as_string::<i64>().value(0), "c");
     }
 
     #[test]
     fn bad_streams_are_refused_with_reasons() {
-        assert!(matches!(read_texts(b"not arrow"), Err(ApiError::ArrowStream(_))));
+        assert!(matches!(
+            read_texts(b"not arrow"),
+            Err(ApiError::ArrowStream(_))
+        ));
         let schema = Arc::new(Schema::new(vec![Field::new("body", DataType::Utf8, false)]));
-        let batch = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec!["x"]))]).unwrap();
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec!["x"]))]).unwrap();
         let e = read_texts(&stream(&[batch])).unwrap_err();
         assert!(e.to_string().contains("columns: body"), "{e}");
         let schema = Arc::new(Schema::new(vec![Field::new("text", DataType::Utf8, true)]));
-        let batch = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec![Some("x"), None]))]).unwrap();
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(StringArray::from(vec![Some("x"), None]))],
+        )
+        .unwrap();
         let e = read_texts(&stream(&[batch])).unwrap_err();
         assert!(e.to_string().contains("row 1"), "{e}");
     }

@@ -38,6 +38,12 @@ pub enum ErrorKind {
     Tokenizer,
     /// The model failed on a device: 500.
     Backend,
+    /// The model produced NaN or infinity for a text: 500.
+    InvalidOutput,
+    /// The sink's buffer has no room for the rows to forward: 429.
+    SinkFull,
+    /// Forwarding was asked of a server without a sink: 409.
+    NoSink,
     /// A fault inside the server: 500.
     Internal,
     /// The engine is not running or is shutting down: 503.
@@ -56,9 +62,12 @@ impl ErrorKind {
             Self::Validation | Self::Tokenizer => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            Self::Overloaded | Self::SinkFull => StatusCode::TOO_MANY_REQUESTS,
+            Self::NoSink => StatusCode::CONFLICT,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::Backend | Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Backend | Self::Internal | Self::InvalidOutput => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             Self::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -76,6 +85,9 @@ impl ErrorKind {
             Self::Timeout => "Timeout",
             Self::Tokenizer => "Tokenizer",
             Self::Backend => "Backend",
+            Self::InvalidOutput => "InvalidOutput",
+            Self::SinkFull => "SinkFull",
+            Self::NoSink => "NoSink",
             Self::Internal => "Internal",
             Self::Unhealthy => "Unhealthy",
             Self::NotFound => "NotFound",
@@ -94,6 +106,9 @@ impl ErrorKind {
             Self::Overloaded => ("rate_limit_error", "rate_limit_exceeded"),
             Self::Timeout => ("server_error", "timeout"),
             Self::Backend | Self::Internal => ("server_error", "internal_error"),
+            Self::InvalidOutput => ("server_error", "invalid_output"),
+            Self::SinkFull => ("rate_limit_error", "sink_full"),
+            Self::NoSink => ("invalid_request_error", "no_sink"),
             Self::Unhealthy => ("server_error", "unhealthy"),
             Self::NotFound => ("invalid_request_error", "not_found"),
             Self::MethodNotAllowed => ("invalid_request_error", "method_not_allowed"),
@@ -104,6 +119,17 @@ impl ErrorKind {
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// `?forward=true` and the sink's buffer cannot take the rows.
+    #[error("the sink's buffer has room for {room} rows, the request has {rows}; retry later")]
+    SinkFull {
+        /// Rows of the request.
+        rows: usize,
+        /// Rows the buffer can take now.
+        room: usize,
+    },
+    /// `?forward=true` on a server started without `--sink`.
+    #[error("forward=true needs a server started with --sink")]
+    NoSink,
     /// The body is not valid JSON (syntax, truncation, bad UTF-8).
     #[error("malformed JSON body: {0}")]
     Json(serde_json::Error),
@@ -205,6 +231,8 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => ErrorKind::PayloadTooLarge,
             Self::Encode(_) => ErrorKind::Internal,
             Self::Unauthorized => ErrorKind::Unauthorized,
+            Self::SinkFull { .. } => ErrorKind::SinkFull,
+            Self::NoSink => ErrorKind::NoSink,
             Self::Unhealthy => ErrorKind::Unhealthy,
             Self::NotFound { .. } => ErrorKind::NotFound,
             Self::MethodNotAllowed { .. } => ErrorKind::MethodNotAllowed,
@@ -216,6 +244,7 @@ impl ApiError {
                 EngineError::Overloaded { .. } => ErrorKind::Overloaded,
                 EngineError::Timeout { .. } => ErrorKind::Timeout,
                 EngineError::Device { .. } => ErrorKind::Backend,
+                EngineError::InvalidOutput { .. } => ErrorKind::InvalidOutput,
                 EngineError::ShuttingDown => ErrorKind::Unhealthy,
                 _ => ErrorKind::Internal,
             },
@@ -239,7 +268,9 @@ impl ApiError {
     pub fn client_message(&self) -> String {
         match self.kind() {
             ErrorKind::Internal => "internal server error; the server log has the details".into(),
-            ErrorKind::Backend => "the model failed on this request; the server log has the details".into(),
+            ErrorKind::Backend => {
+                "the model failed on this request; the server log has the details".into()
+            }
             _ => self.to_string(),
         }
     }
@@ -384,9 +415,18 @@ mod tests {
             message: "boom".into(),
         };
         assert_eq!(status_and_type(device), (500, "Backend"));
-        assert_eq!(status_and_type(EngineError::ShuttingDown), (503, "Unhealthy"));
-        assert_eq!(status_and_type(EngineError::Internal("x".into())), (500, "Internal"));
-        assert_eq!(status_and_type(EngineError::ThreadPool("x".into())), (500, "Internal"));
+        assert_eq!(
+            status_and_type(EngineError::ShuttingDown),
+            (503, "Unhealthy")
+        );
+        assert_eq!(
+            status_and_type(EngineError::Internal("x".into())),
+            (500, "Internal")
+        );
+        assert_eq!(
+            status_and_type(EngineError::ThreadPool("x".into())),
+            (500, "Internal")
+        );
         let option = EngineError::InvalidOption("dimensions".into());
         assert_eq!(status_and_type(option), (422, "Validation"));
     }

@@ -45,9 +45,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(ApiError::from_json)?;
-    deserializer
-        .end()
-        .map_err(ApiError::Json)?;
+    deserializer.end().map_err(ApiError::Json)?;
     Ok(value)
 }
 
@@ -106,7 +104,11 @@ fn json_kind(value: &Value) -> &'static str {
 
 /// Refuses an empty request, an empty text, or more texts than the client
 /// batch limit.
-pub(crate) fn check_texts(texts: &[String], field: &'static str, limit: usize) -> Result<(), ApiError> {
+pub(crate) fn check_texts(
+    texts: &[String],
+    field: &'static str,
+    limit: usize,
+) -> Result<(), ApiError> {
     if texts.is_empty() {
         return Err(ApiError::NoInput { field });
     }
@@ -123,9 +125,15 @@ pub(crate) fn check_texts(texts: &[String], field: &'static str, limit: usize) -
 }
 
 /// Parses a truncation side, accepting any letter case.
-pub(crate) fn truncation_side(value: Option<&str>, field: &'static str) -> Result<Option<TruncationSide>, ApiError> {
+pub(crate) fn truncation_side(
+    value: Option<&str>,
+    field: &'static str,
+) -> Result<Option<TruncationSide>, ApiError> {
     value
-        .map(|v| v.parse().map_err(|reason| ApiError::Invalid { field, reason }))
+        .map(|v| {
+            v.parse()
+                .map_err(|reason| ApiError::Invalid { field, reason })
+        })
         .transpose()
 }
 
@@ -146,7 +154,10 @@ mod tests {
     #[test]
     fn texts_accept_string_and_string_arrays() {
         assert_eq!(texts_from(json!("a"), "inputs").unwrap(), vec!["a"]);
-        assert_eq!(texts_from(json!(["a", "b"]), "inputs").unwrap(), vec!["a", "b"]);
+        assert_eq!(
+            texts_from(json!(["a", "b"]), "inputs").unwrap(),
+            vec!["a", "b"]
+        );
         let e = texts_from(json!([[101, 102]]), "input").unwrap_err();
         assert!(e.to_string().contains("token ids"), "{e}");
         let e = texts_from(json!(5), "inputs").unwrap_err();
@@ -159,7 +170,10 @@ mod tests {
     fn batch_checks_name_their_facts() {
         let texts = vec!["x".to_owned(); 3];
         let e = check_texts(&texts, "inputs", 2).unwrap_err();
-        assert_eq!(e.to_string(), "batch size 3 is larger than the maximum client batch size of 2");
+        assert_eq!(
+            e.to_string(),
+            "batch size 3 is larger than the maximum client batch size of 2"
+        );
         let e = check_texts(&["a".into(), String::new()], "inputs", 8).unwrap_err();
         assert_eq!(e.to_string(), "text 1 of `inputs` is empty");
         assert!(check_texts(&[], "inputs", 8).is_err());
@@ -168,8 +182,14 @@ mod tests {
 
     #[test]
     fn truncation_side_takes_any_case() {
-        assert_eq!(truncation_side(Some("Left"), "t").unwrap(), Some(TruncationSide::Left));
-        assert_eq!(truncation_side(Some("right"), "t").unwrap(), Some(TruncationSide::Right));
+        assert_eq!(
+            truncation_side(Some("Left"), "t").unwrap(),
+            Some(TruncationSide::Left)
+        );
+        assert_eq!(
+            truncation_side(Some("right"), "t").unwrap(),
+            Some(TruncationSide::Right)
+        );
         assert!(truncation_side(Some("middle"), "t").is_err());
         assert_eq!(truncation_side(None, "t").unwrap(), None);
     }

@@ -33,6 +33,7 @@ use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 use fletcher_engine::Engine;
+use fletcher_flight::SinkHandle;
 
 pub use args::{ApiKey, ServeArgs};
 pub use error::{ApiError, ErrorKind};
@@ -50,6 +51,8 @@ pub struct Settings {
     pub api_key: Option<ApiKey>,
     /// Whether over-long texts are cut when a request does not say.
     pub auto_truncate: bool,
+    /// Where `POST /embed?forward=true` sends its rows.
+    pub sink: Option<SinkHandle>,
 }
 
 impl Default for Settings {
@@ -59,6 +62,7 @@ impl Default for Settings {
             payload_limit: 2_000_000,
             api_key: None,
             auto_truncate: true,
+            sink: None,
         }
     }
 }
@@ -79,6 +83,7 @@ pub(crate) const ROUTES: &[&str] = &[
     "/info",
     "/health",
     "/metrics",
+    "/admin/fault",
 ];
 
 /// The whole application for `engine` with `settings`: every route, the
@@ -96,6 +101,7 @@ pub fn router(engine: Engine, settings: Settings) -> Router {
         .route("/embed", post(routes::tei::embed))
         .route("/tokenize", post(routes::tei::tokenize))
         .route("/info", get(routes::tei::info))
+        .route("/admin/fault", post(routes::tei::inject_fault))
         .route_layer(require_key.clone());
     let openai = Router::new()
         .route("/v1/embeddings", post(routes::openai::embeddings))
@@ -111,6 +117,9 @@ pub fn router(engine: Engine, settings: Settings) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(payload_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), observe::track))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            observe::track,
+        ))
         .with_state(state)
 }

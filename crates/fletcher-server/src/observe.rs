@@ -27,7 +27,8 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 /// id, method and route, so every log line of the request names them;
 /// echoes `x-request-id`, adds `x-total-time` (milliseconds), records
 /// `fletcher_request_duration_seconds{route}` and, for error answers,
-/// `fletcher_errors_total{error_type}`.
+/// `fletcher_errors_total{error_type}`. A request whose client leaves
+/// before the answer is logged as such and recorded in neither metric.
 pub(crate) async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id(request.headers());
@@ -38,7 +39,13 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
         method = %request.method(),
         route,
     );
+    let mut pending = Pending {
+        span: span.clone(),
+        started,
+        answered: false,
+    };
     let mut response = next.run(request).instrument(span.clone()).await;
+    pending.answered = true;
     let elapsed = started.elapsed();
 
     let metrics = state.engine.metrics();
@@ -65,6 +72,24 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
         );
     });
     response
+}
+
+/// Logs a request whose client went away before its answer: the server
+/// drops the request's future then, and with it the engine's work for it.
+struct Pending {
+    span: tracing::Span,
+    started: Instant,
+    answered: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.answered {
+            let latency = self.started.elapsed();
+            self.span
+                .in_scope(|| tracing::info!(?latency, "client went away before the answer"));
+        }
+    }
 }
 
 /// The client's request id when it is a short printable ASCII string,

@@ -13,6 +13,9 @@ use crate::{router, ServeArgs};
 /// How long the runtime waits for stray blocking work once serving stopped.
 const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(10);
 
+/// How long the sink may take to send what it holds once serving stopped.
+const SINK_FLUSH: Duration = Duration::from_secs(10);
+
 /// Why `fletcher serve` stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -26,7 +29,7 @@ pub enum ServeError {
         model: String,
         /// What the engine reported.
         #[source]
-        source: EngineError,
+        source: Box<EngineError>,
     },
     /// The loading task panicked or was cancelled.
     #[error("model loading stopped: {0}")]
@@ -40,6 +43,9 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The Flight sink could not start.
+    #[error("could not start the sink: {0}")]
+    Sink(String),
     /// Accepting connections failed.
     #[error("server failed: {0}")]
     Serve(#[source] std::io::Error),
@@ -80,7 +86,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     .map_err(|e| ServeError::LoadTask(e.to_string()))?
     .map_err(|source| ServeError::Load {
         model: args.model.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let embedder = engine.embedder();
     tracing::info!(
@@ -101,12 +107,70 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let local = listener.local_addr().map_or(address, |a| a.to_string());
     tracing::info!(address = %local, "listening");
 
-    let app = router(engine.clone(), args.settings());
+    let sink = match args.flight.sink_config() {
+        Some(config) => Some(
+            fletcher_flight::start_sink(config, engine.metrics())
+                .map_err(|e| ServeError::Sink(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let wait_for_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let flight = match args.flight.flight_port {
+        Some(port) => {
+            let listener = TcpListener::bind((args.host.as_str(), port))
+                .await
+                .map_err(|source| ServeError::Bind {
+                    address: format!("{}:{port}", args.host),
+                    source,
+                })?;
+            let (engine, sink, stopped) = (
+                engine.clone(),
+                sink.clone(),
+                wait_for_stop(stopping.clone()),
+            );
+            Some(tokio::spawn(async move {
+                if let Err(error) =
+                    fletcher_flight::serve_flight_on(engine, sink, listener, stopped).await
+                {
+                    tracing::error!(%error, "the Flight service failed");
+                }
+            }))
+        }
+        None => None,
+    };
+
+    let settings = crate::Settings {
+        sink: sink.clone(),
+        ..args.settings()
+    };
+    let app = router(engine.clone(), settings);
     let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(wait_for_stop(stopping))
         .await
         .map_err(ServeError::Serve);
+    if let Some(flight) = flight {
+        let _ = flight.await;
+    }
     engine.close();
+    if let Some(sink) = sink {
+        let report = sink.shutdown(SINK_FLUSH).await;
+        if report.unsent > 0 {
+            tracing::error!(
+                sent = report.sent,
+                unsent = report.unsent,
+                "the sink did not take every buffered row before shutdown"
+            );
+        } else {
+            tracing::info!(sent = report.sent, "sink flushed");
+        }
+    }
     tracing::info!("stopped");
     served
 }

@@ -21,6 +21,8 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Measure throughput, efficiency and single-text latency on a corpus.
     Bench(BenchArgs),
+    /// Serve the model over HTTP (and Arrow Flight with --flight-port).
+    Serve(Box<fletcher_server::ServeArgs>),
 }
 
 /// How to find and configure the model; shared by every subcommand.
@@ -125,6 +127,16 @@ pub struct BenchArgs {
     /// Timed passes over the corpus; the median is reported.
     #[arg(long, default_value_t = 1, value_parser = parse_positive)]
     pub repeat: usize,
+
+    /// Run the corpus through the serving engine's dispatcher on these
+    /// devices (`cpu:1,cpu:1`, `cpu:2`), in concurrent requests of
+    /// `--request-texts` texts, instead of one direct call.
+    #[arg(long)]
+    pub devices: Option<String>,
+
+    /// Texts per request with `--devices`.
+    #[arg(long, default_value_t = 32, value_parser = parse_positive)]
+    pub request_texts: usize,
 }
 
 fn parse_positive(value: &str) -> Result<usize, String> {

@@ -64,12 +64,20 @@ fn usage_errors_exit_with_2() {
 #[test]
 fn unsupported_output_fails_before_reading_anything() {
     let output = fletcher(&[
-        "embed", "--model", "no/such-model", "--input", "/no/such/input.txt", "--output",
+        "embed",
+        "--model",
+        "no/such-model",
+        "--input",
+        "/no/such/input.txt",
+        "--output",
         "out.csv",
     ]);
     assert_eq!(output.status.code(), Some(1));
     let message = stderr(&output);
-    assert!(message.starts_with("error: out.csv: unsupported output format"), "{message}");
+    assert!(
+        message.starts_with("error: out.csv: unsupported output format"),
+        "{message}"
+    );
     assert!(message.contains(".npy"), "{message}");
 }
 
@@ -79,12 +87,20 @@ fn bad_input_reports_file_and_line() {
     let input = dir.path("in.jsonl");
     fs::write(&input, "{\"text\": \"fine\"}\n{\"txt\": \"typo\"}\n").unwrap();
     let output = fletcher(&[
-        "embed", "--model", "no/such-model", "--input", s(&input), "--output",
+        "embed",
+        "--model",
+        "no/such-model",
+        "--input",
+        s(&input),
+        "--output",
         s(&dir.path("out.npy")),
     ]);
     assert_eq!(output.status.code(), Some(1));
     let message = stderr(&output);
-    assert!(message.contains("in.jsonl:2: the JSON object has no \"text\" field"), "{message}");
+    assert!(
+        message.contains("in.jsonl:2: the JSON object has no \"text\" field"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -93,7 +109,14 @@ fn missing_model_names_the_id_and_the_cache() {
     let input = dir.path("in.txt");
     fs::write(&input, "hello\n").unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_fletcher"))
-        .args(["embed", "--model", "acme/absent", "--input", s(&input), "--output"])
+        .args([
+            "embed",
+            "--model",
+            "acme/absent",
+            "--input",
+            s(&input),
+            "--output",
+        ])
         .arg(dir.path("out.npy"))
         .env("HF_HUB_OFFLINE", "1")
         .env("HF_HOME", dir.path("hf"))
@@ -103,7 +126,10 @@ fn missing_model_names_the_id_and_the_cache() {
     assert_eq!(output.status.code(), Some(1));
     let message = stderr(&output);
     assert!(message.contains("acme/absent"), "{message}");
-    assert!(message.contains(s(&dir.path("hf").join("hub"))), "{message}");
+    assert!(
+        message.contains(s(&dir.path("hf").join("hub"))),
+        "{message}"
+    );
 }
 
 fn read_npy(path: &Path) -> (usize, usize, Vec<f32>) {
@@ -112,7 +138,10 @@ fn read_npy(path: &Path) -> (usize, usize, Vec<f32>) {
     let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
     let shape = header.split("'shape': (").nth(1).unwrap();
     let shape = &shape[..shape.find(')').unwrap()];
-    let dims: Vec<usize> = shape.split(',').map(|d| d.trim().parse().unwrap()).collect();
+    let dims: Vec<usize> = shape
+        .split(',')
+        .map(|d| d.trim().parse().unwrap())
+        .collect();
     let data = bytes[10 + header_len..]
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -138,8 +167,17 @@ fn embeds_with_the_reference_model() {
     fs::write(&input, texts.join("\n")).unwrap();
     let npy = dir.path("out.npy");
     let output = fletcher(&[
-        "embed", "--model", MODEL_DIR, "--input", s(&input), "--output", s(&npy),
-        "--threads", "2", "--batch-texts", "2",
+        "embed",
+        "--model",
+        MODEL_DIR,
+        "--input",
+        s(&input),
+        "--output",
+        s(&npy),
+        "--threads",
+        "2",
+        "--batch-texts",
+        "2",
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
     let summary = stderr(&output);
@@ -158,11 +196,22 @@ fn embeds_with_the_reference_model() {
 
     let jsonl = dir.path("out.jsonl");
     let output = fletcher(&[
-        "embed", "--model", MODEL_DIR, "--input", s(&input), "--output", s(&jsonl),
-        "--threads", "2",
+        "embed",
+        "--model",
+        MODEL_DIR,
+        "--input",
+        s(&input),
+        "--output",
+        s(&jsonl),
+        "--threads",
+        "2",
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let lines: Vec<String> = fs::read_to_string(&jsonl).unwrap().lines().map(String::from).collect();
+    let lines: Vec<String> = fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
     assert_eq!(lines.len(), 5);
     for (i, line) in lines.iter().enumerate() {
         let value: serde_json::Value = serde_json::from_str(line).unwrap();

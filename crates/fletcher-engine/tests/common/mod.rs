@@ -1,3 +1,4 @@
+#![allow(dead_code)] // Each test binary uses a different part of this module.
 //! Helpers shared by the engine's integration tests.
 
 use std::path::{Path, PathBuf};
@@ -72,5 +73,10 @@ pub fn assert_matches(got: &[Vec<f32>], want: &[Reference], what: &str) {
         );
         worst = (worst.0.min(cos), worst.1.max(max));
     }
-    eprintln!("{what}: {} texts, worst cosine {:.8}, worst max abs diff {:.2e}", got.len(), worst.0, worst.1);
+    eprintln!(
+        "{what}: {} texts, worst cosine {:.8}, worst max abs diff {:.2e}",
+        got.len(),
+        worst.0,
+        worst.1
+    );
 }

@@ -117,7 +117,10 @@ pub(crate) unsafe fn task<V: F32x8>(
             // SAFETY: the caller guarantees `panel` is a panel of `b`, whose
             // bias is padded to whole panels; `kb + kc <= k`.
             let (bp, epi) = unsafe {
-                (p.b.as_ptr().add((panel * k + kb) * NR), last.then(|| (p.bias.as_ptr().add(col0), p.act)))
+                (
+                    p.b.as_ptr().add((panel * k + kb) * NR),
+                    last.then(|| (p.bias.as_ptr().add(col0), p.act)),
+                )
             };
             for mb in 0..mblocks {
                 let r0 = rows.start + mb * MR;
@@ -133,12 +136,20 @@ pub(crate) unsafe fn task<V: F32x8>(
                     } else {
                         if !first {
                             for i in 0..nrows {
-                                std::ptr::copy_nonoverlapping(cp.add(i * n), tmp.as_mut_ptr().add(i * NR), cols);
+                                std::ptr::copy_nonoverlapping(
+                                    cp.add(i * n),
+                                    tmp.as_mut_ptr().add(i * NR),
+                                    cols,
+                                );
                             }
                         }
                         micro::<V>(kc, ap, bp, tmp.as_mut_ptr(), NR, first, epi);
                         for i in 0..nrows {
-                            std::ptr::copy_nonoverlapping(tmp.as_ptr().add(i * NR), cp.add(i * n), cols);
+                            std::ptr::copy_nonoverlapping(
+                                tmp.as_ptr().add(i * NR),
+                                cp.add(i * n),
+                                cols,
+                            );
                         }
                     }
                 }
@@ -154,7 +165,12 @@ pub(crate) unsafe fn task<V: F32x8>(
 /// # Safety
 /// As [`task`], and the CPU must have AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn task_avx2(p: &Problem<'_>, rows: Range<usize>, panels: Range<usize>, scratch: &mut Vec<f32>) {
+pub(crate) unsafe fn task_avx2(
+    p: &Problem<'_>,
+    rows: Range<usize>,
+    panels: Range<usize>,
+    scratch: &mut Vec<f32>,
+) {
     // SAFETY: forwarded from the caller.
     unsafe { task::<crate::simd::Avx2>(p, rows, panels, scratch) }
 }
@@ -163,7 +179,12 @@ pub(crate) unsafe fn task_avx2(p: &Problem<'_>, rows: Range<usize>, panels: Rang
 ///
 /// # Safety
 /// As [`task`].
-pub(crate) unsafe fn task_portable(p: &Problem<'_>, rows: Range<usize>, panels: Range<usize>, scratch: &mut Vec<f32>) {
+pub(crate) unsafe fn task_portable(
+    p: &Problem<'_>,
+    rows: Range<usize>,
+    panels: Range<usize>,
+    scratch: &mut Vec<f32>,
+) {
     // SAFETY: forwarded from the caller.
     unsafe { task::<crate::simd::Portable>(p, rows, panels, scratch) }
 }

@@ -69,7 +69,12 @@ impl PackedLinear {
             padded[..out_features].copy_from_slice(b);
         }
         let packed = pack::pack_b(weight, out_features, in_features);
-        Self { packed, bias: padded, out_features, in_features }
+        Self {
+            packed,
+            bias: padded,
+            out_features,
+            in_features,
+        }
     }
 
     /// Columns of the input.
@@ -96,7 +101,14 @@ impl PackedLinear {
     }
 
     /// [`forward`](Self::forward) on an explicit code path.
-    pub(crate) fn forward_with(&self, isa: Isa, x: &[f32], rows: usize, y: &mut [f32], act: Activation) {
+    pub(crate) fn forward_with(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        rows: usize,
+        y: &mut [f32],
+        act: Activation,
+    ) {
         let (k, n) = (self.in_features, self.out_features);
         assert_eq!(x.len(), rows * k);
         assert_eq!(y.len(), rows * n);
@@ -120,7 +132,11 @@ impl PackedLinear {
             y: y.as_mut_ptr(),
         };
         let panels = n.div_ceil(NR);
-        let threads = if rows * k * n < SERIAL_MACS { 1 } else { rayon::current_num_threads() };
+        let threads = if rows * k * n < SERIAL_MACS {
+            1
+        } else {
+            rayon::current_num_threads()
+        };
         let plan = Plan::new(rows, panels, threads);
         let run = |t: usize| {
             let (r, p) = plan.task(t);
@@ -141,7 +157,13 @@ impl PackedLinear {
 
 /// # Safety
 /// As [`kernel::task`]; `isa` must be supported by the CPU.
-unsafe fn run_task(isa: Isa, p: &Problem<'_>, rows: Range<usize>, panels: Range<usize>, s: &mut Vec<f32>) {
+unsafe fn run_task(
+    isa: Isa,
+    p: &Problem<'_>,
+    rows: Range<usize>,
+    panels: Range<usize>,
+    s: &mut Vec<f32>,
+) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: forwarded from the caller.
@@ -169,8 +191,17 @@ impl Plan {
         // rows alone do not give that many (short batches), split the
         // output columns too.
         let target = if threads > 1 { 4 * threads } else { 1 };
-        let n_tasks = if m_tasks >= target { 1 } else { target.div_ceil(m_tasks).min(panels) };
-        Self { rows, panels, m_tasks, n_tasks }
+        let n_tasks = if m_tasks >= target {
+            1
+        } else {
+            target.div_ceil(m_tasks).min(panels)
+        };
+        Self {
+            rows,
+            panels,
+            m_tasks,
+            n_tasks,
+        }
     }
 
     fn tasks(&self) -> usize {

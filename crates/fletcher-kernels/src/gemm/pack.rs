@@ -25,7 +25,10 @@ pub(crate) struct AlignedBuf {
 
 impl AlignedBuf {
     pub(crate) fn zeroed(len: usize) -> Self {
-        Self { lines: vec![Line([0.0; 16]); len.div_ceil(16)], len }
+        Self {
+            lines: vec![Line([0.0; 16]); len.div_ceil(16)],
+            len,
+        }
     }
 
     pub(crate) fn as_slice(&self) -> &[f32] {

@@ -7,7 +7,14 @@ use proptest::prelude::*;
 fn grid(lo: f32, hi: f32) -> Vec<f32> {
     let n = ((hi - lo) * 4096.0) as usize;
     let mut v: Vec<f32> = (0..=n).map(|i| lo + i as f32 / 4096.0).collect();
-    v.extend([0.0, -0.0, f32::MIN_POSITIVE, -f32::MIN_POSITIVE, 1e-30, -1e-30]);
+    v.extend([
+        0.0,
+        -0.0,
+        f32::MIN_POSITIVE,
+        -f32::MIN_POSITIVE,
+        1e-30,
+        -1e-30,
+    ]);
     v
 }
 
@@ -25,7 +32,12 @@ fn gelu_erf_within_1e6_absolute_on_minus_10_10() {
             }
         }
         eprintln!("{isa:?}: gelu max abs error {:e} at {}", worst.0, worst.1);
-        assert!(worst.0 <= 1e-6, "{isa:?}: max error {:e} at {}", worst.0, worst.1);
+        assert!(
+            worst.0 <= 1e-6,
+            "{isa:?}: max error {:e} at {}",
+            worst.0,
+            worst.1
+        );
     }
 }
 
@@ -39,7 +51,10 @@ fn activations_match_f64_reference() {
             for (&x, &y) in xs.iter().zip(&ys) {
                 let r = act64(act, x as f64);
                 let tol = 1e-6 * r.abs().max(1.0);
-                assert!((y as f64 - r).abs() <= tol, "{isa:?} {act:?}({x}) = {y}, want {r}");
+                assert!(
+                    (y as f64 - r).abs() <= tol,
+                    "{isa:?} {act:?}({x}) = {y}, want {r}"
+                );
             }
         }
     }
@@ -83,7 +98,10 @@ fn exp_is_accurate() {
         crate::simd::tests_exp(isa, &mut ys);
         for (&x, &y) in xs.iter().zip(&ys) {
             let r = (x as f64).exp();
-            assert!(((y as f64 - r) / r).abs() <= 2.5e-7, "{isa:?} exp({x}) = {y}, want {r}");
+            assert!(
+                ((y as f64 - r) / r).abs() <= 2.5e-7,
+                "{isa:?} exp({x}) = {y}, want {r}"
+            );
         }
     }
 }

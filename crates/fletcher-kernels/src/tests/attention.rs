@@ -13,7 +13,12 @@ fn reference(qkv: &[f32], cu: &[usize], heads: usize, d: usize) -> Vec<f64> {
             for i in w[0]..w[1] {
                 let s: Vec<f64> = (w[0]..w[1])
                     .map(|j| {
-                        (0..d).map(|c| qkv[i * stride + h * d + c] as f64 * qkv[j * stride + hidden + h * d + c] as f64).sum::<f64>()
+                        (0..d)
+                            .map(|c| {
+                                qkv[i * stride + h * d + c] as f64
+                                    * qkv[j * stride + hidden + h * d + c] as f64
+                            })
+                            .sum::<f64>()
                             * scale
                     })
                     .collect();
@@ -22,7 +27,8 @@ fn reference(qkv: &[f32], cu: &[usize], heads: usize, d: usize) -> Vec<f64> {
                 let sum: f64 = e.iter().sum();
                 for (jj, j) in (w[0]..w[1]).enumerate() {
                     for c in 0..d {
-                        out[i * hidden + h * d + c] += e[jj] / sum * qkv[j * stride + 2 * hidden + h * d + c] as f64;
+                        out[i * hidden + h * d + c] +=
+                            e[jj] / sum * qkv[j * stride + 2 * hidden + h * d + c] as f64;
                     }
                 }
             }
@@ -31,7 +37,14 @@ fn reference(qkv: &[f32], cu: &[usize], heads: usize, d: usize) -> Vec<f64> {
     out
 }
 
-fn check(lens: &[usize], heads: usize, d: usize, scale: f32, seed: u64, threads: usize) -> Result<(), String> {
+fn check(
+    lens: &[usize],
+    heads: usize,
+    d: usize,
+    scale: f32,
+    seed: u64,
+    threads: usize,
+) -> Result<(), String> {
     let mut cu = vec![0];
     for &l in lens {
         cu.push(cu.last().unwrap() + l);
@@ -42,10 +55,15 @@ fn check(lens: &[usize], heads: usize, d: usize, scale: f32, seed: u64, threads:
     let want = reference(&qkv, &cu, heads, d);
     for isa in isas() {
         let mut out = vec![f32::NAN; tokens * heads * d];
-        in_pool(threads, || attention::run(isa, &qkv, &cu, heads, d, &mut out));
+        in_pool(threads, || {
+            attention::run(isa, &qkv, &cu, heads, d, &mut out)
+        });
         for i in 0..out.len() {
             if (out[i] as f64 - want[i]).abs() > 2e-6 * (1.0 + scale as f64) {
-                return Err(format!("{isa:?} lens={lens:?} heads={heads} d={d}: out[{i}] = {}, want {}", out[i], want[i]));
+                return Err(format!(
+                    "{isa:?} lens={lens:?} heads={heads} d={d}: out[{i}] = {}, want {}",
+                    out[i], want[i]
+                ));
             }
         }
     }
@@ -78,8 +96,14 @@ fn sequences_are_independent_bitwise() {
         let probe = rng.vec(len * 3 * hidden, 2.0);
         for isa in isas() {
             let mut alone = vec![0.0; len * hidden];
-            in_pool(1, || attention::run(isa, &probe, &[0, len], heads, d, &mut alone));
-            for (others, threads) in [(&[3usize, 40][..], 2), (&[1, 1, 200, 9][..], 3), (&[64; 6][..], 2)] {
+            in_pool(1, || {
+                attention::run(isa, &probe, &[0, len], heads, d, &mut alone)
+            });
+            for (others, threads) in [
+                (&[3usize, 40][..], 2),
+                (&[1, 1, 200, 9][..], 3),
+                (&[64; 6][..], 2),
+            ] {
                 let pos = rng.below(others.len() + 1);
                 let mut lens = others.to_vec();
                 lens.insert(pos, len);
@@ -90,9 +114,16 @@ fn sequences_are_independent_bitwise() {
                 let mut qkv = rng.vec(cu.last().unwrap() * 3 * hidden, 2.0);
                 qkv[cu[pos] * 3 * hidden..][..len * 3 * hidden].copy_from_slice(&probe);
                 let mut out = vec![0.0; cu.last().unwrap() * hidden];
-                in_pool(threads, || attention::run(isa, &qkv, &cu, heads, d, &mut out));
+                in_pool(threads, || {
+                    attention::run(isa, &qkv, &cu, heads, d, &mut out)
+                });
                 let got = &out[cu[pos] * hidden..][..len * hidden];
-                assert!(got.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa:?} len={len} lens={lens:?}");
+                assert!(
+                    got.iter()
+                        .zip(&alone)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{isa:?} len={len} lens={lens:?}"
+                );
             }
         }
     }

@@ -4,7 +4,15 @@ use proptest::prelude::*;
 
 /// `act(x · Wᵀ + b)` in `f64`, and for each output the sum of `|x_p w_p|`
 /// (the scale of the rounding error).
-fn reference(x: &[f32], w: &[f32], b: &[f32], m: usize, k: usize, n: usize, act: Activation) -> (Vec<f64>, Vec<f64>) {
+fn reference(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    act: Activation,
+) -> (Vec<f64>, Vec<f64>) {
     let mut y = vec![0.0; m * n];
     let mut mag = vec![0.0; m * n];
     for r in 0..m {
@@ -22,7 +30,14 @@ fn reference(x: &[f32], w: &[f32], b: &[f32], m: usize, k: usize, n: usize, act:
     (y, mag)
 }
 
-fn check(m: usize, k: usize, n: usize, act: Activation, seed: u64, threads: usize) -> Result<(), String> {
+fn check(
+    m: usize,
+    k: usize,
+    n: usize,
+    act: Activation,
+    seed: u64,
+    threads: usize,
+) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let x = rng.vec(m * k, 1.0);
     let w = rng.vec(n * k, 0.5);
@@ -35,7 +50,10 @@ fn check(m: usize, k: usize, n: usize, act: Activation, seed: u64, threads: usiz
         for i in 0..m * n {
             let tol = 2e-6 * (1.0 + mag[i]) + 1e-6 * want[i].abs();
             if (y[i] as f64 - want[i]).abs() > tol || y[i].is_nan() {
-                return Err(format!("{isa:?} {m}x{k}x{n} {act:?}: y[{i}] = {}, want {}", y[i], want[i]));
+                return Err(format!(
+                    "{isa:?} {m}x{k}x{n} {act:?}: y[{i}] = {}, want {}",
+                    y[i], want[i]
+                ));
             }
         }
     }
@@ -44,7 +62,15 @@ fn check(m: usize, k: usize, n: usize, act: Activation, seed: u64, threads: usiz
 
 #[test]
 fn fixed_shapes_match_reference() {
-    for (m, k, n) in [(1, 1, 1), (1, 384, 384), (7, 384, 1152), (16, 1536, 384), (37, 800, 33), (200, 64, 100), (6, 16, 16)] {
+    for (m, k, n) in [
+        (1, 1, 1),
+        (1, 384, 384),
+        (7, 384, 1152),
+        (16, 1536, 384),
+        (37, 800, 33),
+        (200, 64, 100),
+        (6, 16, 16),
+    ] {
         for (i, act) in ALL_ACTS.into_iter().enumerate() {
             check(m, k, n, act, (m * 1000 + k + n + i) as u64, 2).unwrap();
         }
@@ -80,7 +106,17 @@ fn batch_invariance_is_bitwise() {
             for act in [Activation::Identity, Activation::Gelu] {
                 let mut alone = vec![0.0; n];
                 in_pool(1, || lin.forward_with(isa, &probe, 1, &mut alone, act));
-                for (batch, threads) in [(1, 2), (2, 2), (5, 1), (6, 2), (7, 3), (13, 2), (64, 2), (300, 4), (301, 2)] {
+                for (batch, threads) in [
+                    (1, 2),
+                    (2, 2),
+                    (5, 1),
+                    (6, 2),
+                    (7, 3),
+                    (13, 2),
+                    (64, 2),
+                    (300, 4),
+                    (301, 2),
+                ] {
                     let pos = rng.below(batch);
                     let mut x = rng.vec(batch * k, 3.0);
                     x[pos * k..][..k].copy_from_slice(&probe);
@@ -118,7 +154,13 @@ fn fused_epilogue_is_apply() {
             lin.forward_with(isa, &x, m, &mut fused, act);
             let mut after = plain.clone();
             crate::activation::apply_with(isa, act, &mut after);
-            assert!(fused.iter().zip(&after).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa:?} {act:?}");
+            assert!(
+                fused
+                    .iter()
+                    .zip(&after)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{isa:?} {act:?}"
+            );
         }
     }
 }
@@ -126,7 +168,10 @@ fn fused_epilogue_is_apply() {
 /// Every code path gives the same bits when each has fused multiply-add.
 #[test]
 fn paths_with_fma_agree() {
-    let paths: Vec<_> = isas().into_iter().filter(|i| *i != crate::Isa::Portable).collect();
+    let paths: Vec<_> = isas()
+        .into_iter()
+        .filter(|i| *i != crate::Isa::Portable)
+        .collect();
     if paths.len() < 2 {
         return;
     }

@@ -40,7 +40,11 @@ pub(crate) fn isas() -> Vec<Isa> {
 
 /// Runs `f` inside a rayon pool of `threads` threads.
 pub(crate) fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool").install(f)
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("pool")
+        .install(f)
 }
 
 /// `erf` in `f64` to about 1e-15, from the everywhere-positive series

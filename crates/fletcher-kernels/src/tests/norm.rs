@@ -7,7 +7,9 @@ fn reference(x: &[f32], res: Option<&[f32]>, gamma: &[f32], beta: &[f32], eps: f
     let mut out = Vec::with_capacity(x.len());
     for (r, row) in x.chunks_exact(h).enumerate() {
         // The sum x + residual is rounded to f32 first, as the kernel stores it.
-        let v: Vec<f64> = (0..h).map(|i| res.map_or(row[i], |res| row[i] + res[r * h + i]) as f64).collect();
+        let v: Vec<f64> = (0..h)
+            .map(|i| res.map_or(row[i], |res| row[i] + res[r * h + i]) as f64)
+            .collect();
         let mean = v.iter().sum::<f64>() / h as f64;
         let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / h as f64;
         let inv = 1.0 / (var + eps as f64).sqrt();
@@ -16,9 +18,20 @@ fn reference(x: &[f32], res: Option<&[f32]>, gamma: &[f32], beta: &[f32], eps: f
     out
 }
 
-fn check(rows: usize, h: usize, offset: f32, eps: f32, residual: bool, seed: u64) -> Result<(), String> {
+fn check(
+    rows: usize,
+    h: usize,
+    offset: f32,
+    eps: f32,
+    residual: bool,
+    seed: u64,
+) -> Result<(), String> {
     let mut rng = Rng::new(seed);
-    let x: Vec<f32> = rng.vec(rows * h, 2.0).into_iter().map(|v| v + offset).collect();
+    let x: Vec<f32> = rng
+        .vec(rows * h, 2.0)
+        .into_iter()
+        .map(|v| v + offset)
+        .collect();
     let res = rng.vec(rows * h, 1.0);
     let gamma = rng.vec(h, 2.0);
     let beta = rng.vec(h, 1.0);
@@ -29,7 +42,10 @@ fn check(rows: usize, h: usize, offset: f32, eps: f32, residual: bool, seed: u64
         in_pool(2, || norm::run(isa, &mut y, res, &gamma, &beta, eps));
         for i in 0..y.len() {
             if (y[i] as f64 - want[i]).abs() > 1e-5 * want[i].abs().max(1.0) {
-                return Err(format!("{isa:?} rows={rows} h={h}: y[{i}] = {}, want {}", y[i], want[i]));
+                return Err(format!(
+                    "{isa:?} rows={rows} h={h}: y[{i}] = {}, want {}",
+                    y[i], want[i]
+                ));
             }
         }
     }
@@ -38,7 +54,15 @@ fn check(rows: usize, h: usize, offset: f32, eps: f32, residual: bool, seed: u64
 
 #[test]
 fn fixed_shapes_match_reference() {
-    for (rows, h) in [(1, 1), (1, 384), (3, 7), (100, 384), (2000, 384), (5, 1024), (9, 33)] {
+    for (rows, h) in [
+        (1, 1),
+        (1, 384),
+        (3, 7),
+        (100, 384),
+        (2000, 384),
+        (5, 1024),
+        (9, 33),
+    ] {
         for residual in [false, true] {
             check(rows, h, 3.0, 1e-12, residual, (rows * h) as u64).unwrap();
         }
@@ -71,8 +95,16 @@ fn rows_are_independent_bitwise() {
             let mut res = rng.vec(rows * h, 1.0);
             x[pos * h..][..h].copy_from_slice(&probe);
             res[pos * h..][..h].copy_from_slice(&probe_res);
-            in_pool(threads, || norm::run(isa, &mut x, Some(&res), &gamma, &beta, 1e-12));
-            assert!(x[pos * h..][..h].iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa:?} {rows}");
+            in_pool(threads, || {
+                norm::run(isa, &mut x, Some(&res), &gamma, &beta, 1e-12)
+            });
+            assert!(
+                x[pos * h..][..h]
+                    .iter()
+                    .zip(&alone)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{isa:?} {rows}"
+            );
         }
     }
 }

@@ -4,6 +4,7 @@ pub(crate) mod openai;
 pub(crate) mod tei;
 
 use fletcher_engine::{EmbedOptions, EmbedRequest, Embedded};
+use fletcher_flight::{rows_to_batch, SinkError, SinkHandle};
 
 use crate::error::ApiError;
 use crate::extract::check_texts;
@@ -22,7 +23,11 @@ pub(crate) struct Call {
 /// Checks the texts against the server's limits and embeds them. Every
 /// inference route, JSON or Arrow, goes through here.
 pub(crate) async fn embed(state: &AppState, call: Call) -> Result<Embedded, ApiError> {
-    check_texts(&call.texts, call.field, state.settings.max_client_batch_size)?;
+    check_texts(
+        &call.texts,
+        call.field,
+        state.settings.max_client_batch_size,
+    )?;
     let inputs = call.texts.len();
     let embedded = state
         .engine
@@ -47,4 +52,51 @@ pub(crate) async fn embed(state: &AppState, call: Call) -> Result<Embedded, ApiE
 #[derive(Debug, Default, serde::Deserialize)]
 pub(crate) struct DatasetParam {
     pub dataset: Option<String>,
+}
+
+/// The sink for a request that asks for forwarding (`forward`), after
+/// checking that its buffer has room for `rows` now; `None` when forwarding
+/// was not asked for.
+pub(crate) fn sink_for(
+    state: &AppState,
+    forward: bool,
+    rows: usize,
+) -> Result<Option<&SinkHandle>, ApiError> {
+    if !forward {
+        return Ok(None);
+    }
+    let sink = state.settings.sink.as_ref().ok_or(ApiError::NoSink)?;
+    let room = sink.room();
+    if rows > room {
+        return Err(ApiError::SinkFull { rows, room });
+    }
+    Ok(Some(sink))
+}
+
+/// Hands embedded rows to the sink, for `dataset` or the sink's default.
+/// The rows are buffered or refused whole; a refusal fails the request.
+pub(crate) fn forward(
+    sink: &SinkHandle,
+    dataset: Option<&str>,
+    texts: &[String],
+    vectors: &[Vec<f32>],
+) -> Result<(), ApiError> {
+    let batch = rows_to_batch(texts, vectors).map_err(|e| ApiError::Encode(e.to_string()))?;
+    let submitted = match dataset {
+        Some(dataset) => sink.submit_to(dataset, batch),
+        None => sink.submit(batch),
+    };
+    submitted.map_err(|e| match e {
+        SinkError::Full {
+            rows,
+            buffered,
+            capacity,
+        } => ApiError::SinkFull {
+            rows,
+            room: capacity.saturating_sub(buffered),
+        },
+        SinkError::TooLarge { rows, .. } => ApiError::SinkFull { rows, room: 0 },
+        SinkError::Closed => ApiError::Unhealthy,
+        other => ApiError::Encode(other.to_string()),
+    })
 }

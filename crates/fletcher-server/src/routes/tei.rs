@@ -10,7 +10,7 @@ use fletcher_engine::{EmbedOptions, TokenInfo};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{embed as embed_texts, Call};
+use super::{embed as embed_texts, forward, sink_for, Call};
 use crate::arrow::{self, VectorFormat};
 use crate::error::ApiError;
 use crate::extract::{
@@ -47,6 +47,7 @@ pub(crate) struct EmbedQuery {
     prompt_name: Option<String>,
     dimensions: Option<usize>,
     format: Option<String>,
+    forward: Option<bool>,
 }
 
 /// Options as the TEI routes take them: normalized unless told otherwise,
@@ -92,17 +93,27 @@ pub(crate) async fn embed(
         dimensions: request.dimensions,
     }
     .resolve(&state)?;
+    let texts = texts_from(request.inputs, "inputs")?;
+    let sink = sink_for(&state, query.forward.unwrap_or(false), texts.len())?;
+    let kept = sink.map(|_| texts.clone());
     let call = Call {
         field: "inputs",
-        texts: texts_from(request.inputs, "inputs")?,
+        texts,
         options,
-        dataset: query.dataset,
+        dataset: query.dataset.clone(),
     };
     let embedded = embed_texts(&state, call).await?;
+    if let (Some(sink), Some(texts)) = (sink, kept) {
+        forward(sink, query.dataset.as_deref(), &texts, &embedded.vectors)?;
+    }
     Ok((timing_headers(&embedded.timings), Json(embedded.vectors)).into_response())
 }
 
-async fn embed_arrow(state: &AppState, query: EmbedQuery, body: &Bytes) -> Result<Response, ApiError> {
+async fn embed_arrow(
+    state: &AppState,
+    query: EmbedQuery,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
     let format = match query.format.as_deref() {
         None | Some("f32") | Some("float32") => VectorFormat::F32,
         Some("f16") | Some("float16") => VectorFormat::F16,
@@ -122,14 +133,22 @@ async fn embed_arrow(state: &AppState, query: EmbedQuery, body: &Bytes) -> Resul
         dimensions: query.dimensions,
     }
     .resolve(state)?;
-    let dimension = options.dimensions.unwrap_or(state.engine.embedder().dimension());
+    let dimension = options
+        .dimensions
+        .unwrap_or(state.engine.embedder().dimension());
+    let sink = sink_for(state, query.forward.unwrap_or(false), input.texts.len())?;
+    let texts = std::mem::take(&mut input.texts);
+    let kept = sink.map(|_| texts.clone());
     let call = Call {
         field: "text",
-        texts: std::mem::take(&mut input.texts),
+        texts,
         options,
-        dataset: query.dataset,
+        dataset: query.dataset.clone(),
     };
     let embedded = embed_texts(state, call).await?;
+    if let (Some(sink), Some(texts)) = (sink, kept) {
+        forward(sink, query.dataset.as_deref(), &texts, &embedded.vectors)?;
+    }
     let stream = arrow::write_embeddings(&input, &embedded.vectors, dimension, format)?;
     Ok((
         timing_headers(&embedded.timings),
@@ -172,7 +191,10 @@ pub(crate) async fn tokenize(
     let texts = texts_from(request.inputs, "inputs")?;
     check_texts(&texts, "inputs", state.settings.max_client_batch_size)?;
     check_prompt(request.prompt_name)?;
-    let side = truncation_side(request.truncation_direction.as_deref(), "truncation_direction")?;
+    let side = truncation_side(
+        request.truncation_direction.as_deref(),
+        "truncation_direction",
+    )?;
     let mut tokens = state.engine.tokenize(texts, side).await?;
     if !request.add_special_tokens {
         for text in &mut tokens {
@@ -207,6 +229,8 @@ pub(crate) async fn info(State(state): State<AppState>) -> Json<Value> {
         "payload_limit": settings.payload_limit,
         "auto_truncate": settings.auto_truncate,
         "devices": engine.devices(),
+        "cache_capacity_bytes": engine.cache().map_or(0, |c| c.capacity_bytes()),
+        "sink": settings.sink.as_ref().map(|s| s.status()),
         "version": env!("CARGO_PKG_VERSION"),
     }))
 }
@@ -224,8 +248,56 @@ pub(crate) async fn health(State(state): State<AppState>) -> Result<Json<Value>,
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_TEXT))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(PROMETHEUS_TEXT),
+        )],
         state.engine.metrics().render(),
     )
         .into_response()
+}
+
+/// Body of `POST /admin/fault`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FaultBody {
+    device: String,
+    /// `panic`, `nan` or `slow`.
+    fault: String,
+    /// Batches affected, for `panic` and `nan` (default 1).
+    count: Option<u32>,
+    /// Slow-down factor, for `slow` (1.0 restores normal speed).
+    factor: Option<f32>,
+}
+
+/// `POST /admin/fault`: arms a fault on a device. Refused with 422 unless
+/// the server runs with `--fault-injection`, a switch meant for tests.
+pub(crate) async fn inject_fault(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<FaultBody>,
+) -> Result<Json<Value>, ApiError> {
+    use fletcher_engine::device::Fault;
+    let fault = match request.fault.as_str() {
+        "panic" => Fault::Panic(request.count.unwrap_or(1)),
+        "nan" => Fault::Nan(request.count.unwrap_or(1)),
+        "slow" => match request.factor {
+            Some(f) if f.is_finite() && f > 0.0 => Fault::Slow(f),
+            _ => {
+                return Err(ApiError::Invalid {
+                    field: "factor",
+                    reason: "`slow` needs a positive `factor`".to_owned(),
+                })
+            }
+        },
+        other => {
+            return Err(ApiError::Invalid {
+                field: "fault",
+                reason: format!("unknown fault `{other}` (panic, nan, slow)"),
+            })
+        }
+    };
+    state.engine.inject_fault(&request.device, fault)?;
+    Ok(Json(
+        json!({"device": request.device, "armed": request.fault}),
+    ))
 }

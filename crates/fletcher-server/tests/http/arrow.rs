@@ -23,7 +23,8 @@ fn request_stream(batches: &[&[&str]]) -> Vec<u8> {
     for texts in batches {
         let ids = Int64Array::from_iter_values(0..texts.len() as i64);
         let texts = StringArray::from_iter_values(texts.iter().copied());
-        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(ids), Arc::new(texts)]).unwrap();
+        let batch =
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(ids), Arc::new(texts)]).unwrap();
         writer.write(&batch).unwrap();
     }
     writer.finish().unwrap();
@@ -32,7 +33,12 @@ fn request_stream(batches: &[&[&str]]) -> Vec<u8> {
 }
 
 fn answer_batches(reply: &Reply) -> Vec<RecordBatch> {
-    assert_eq!(reply.status, 200, "{:?}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(
+        reply.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&reply.body)
+    );
     assert_eq!(reply.headers["content-type"], ARROW);
     StreamReader::try_new(Cursor::new(reply.body.to_vec()), None)
         .unwrap()
@@ -83,7 +89,11 @@ fn arrow_f32_and_f16_match_json() {
 #[test]
 fn arrow_query_options_apply() {
     let body = request_stream(&[&["hello world"]]);
-    let reply = send(post_raw("/embed?dimensions=32&normalize=false", ARROW, body));
+    let reply = send(post_raw(
+        "/embed?dimensions=32&normalize=false",
+        ARROW,
+        body,
+    ));
     let batches = answer_batches(&reply);
     let lists = batches[0].column(1).as_fixed_size_list();
     assert_eq!(lists.value_length(), 32);
@@ -94,9 +104,14 @@ fn arrow_query_options_apply() {
 
 #[test]
 fn bad_arrow_input_is_refused_with_json() {
-    send(post_raw("/embed", ARROW, "definitely not arrow")).assert_error(400, "Validation", &["Arrow"]);
+    send(post_raw("/embed", ARROW, "definitely not arrow")).assert_error(
+        400,
+        "Validation",
+        &["Arrow"],
+    );
     let schema = Arc::new(Schema::new(vec![Field::new("body", DataType::Utf8, false)]));
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(vec!["x"]))]).unwrap();
+    let batch =
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(vec!["x"]))]).unwrap();
     let mut out = Vec::new();
     let mut writer = StreamWriter::try_new(&mut out, &schema).unwrap();
     writer.write(&batch).unwrap();

@@ -176,7 +176,11 @@ pub fn references(n: usize) -> Vec<(String, Vec<f32>)> {
 /// Cosine similarity of two vectors.
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "dimensions differ");
-    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| f64::from(x) * f64::from(y))
+        .sum();
     let na: f64 = a.iter().map(|&x| f64::from(x).powi(2)).sum();
     let nb: f64 = b.iter().map(|&x| f64::from(x).powi(2)).sum();
     dot / (na.sqrt() * nb.sqrt())
@@ -185,7 +189,10 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 /// Largest absolute difference of two vectors.
 pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "dimensions differ");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// The L2 norm of a vector.

@@ -7,7 +7,10 @@ use crate::common::*;
 
 #[test]
 fn float_and_base64_answers_agree_with_embed() {
-    let texts = ["hello world", "The quick brown fox jumps over the lazy dog."];
+    let texts = [
+        "hello world",
+        "The quick brown fox jumps over the lazy dog.",
+    ];
     let native = send(post_json("/embed", &json!({ "inputs": texts }))).vectors();
 
     let reply = send(post_json(
@@ -71,9 +74,17 @@ fn assert_openai_error(body: &Value, kind: &str, param: Option<&str>, fact: &str
 
 #[test]
 fn errors_take_openai_shape() {
-    let reply = send(post_json("/v1/embeddings", &json!({"input": [[101, 2088, 102]]})));
+    let reply = send(post_json(
+        "/v1/embeddings",
+        &json!({"input": [[101, 2088, 102]]}),
+    ));
     assert_eq!(reply.status, 422);
-    assert_openai_error(&reply.json(), "invalid_request_error", Some("input"), "token ids");
+    assert_openai_error(
+        &reply.json(),
+        "invalid_request_error",
+        Some("input"),
+        "token ids",
+    );
 
     let reply = send(post_json("/v1/embeddings", &json!({"input": [1, 2, 3]})));
     assert_eq!(reply.status, 422);
@@ -83,15 +94,30 @@ fn errors_take_openai_shape() {
         &json!({"input": "a", "encoding_format": "int8"}),
     ));
     assert_eq!(reply.status, 422);
-    assert_openai_error(&reply.json(), "invalid_request_error", Some("encoding_format"), "int8");
+    assert_openai_error(
+        &reply.json(),
+        "invalid_request_error",
+        Some("encoding_format"),
+        "int8",
+    );
 
     let reply = send(post_raw("/v1/embeddings", "application/json", "{"));
     assert_eq!(reply.status, 400);
-    assert_openai_error(&reply.json(), "invalid_request_error", None, "malformed JSON");
+    assert_openai_error(
+        &reply.json(),
+        "invalid_request_error",
+        None,
+        "malformed JSON",
+    );
 
     let reply = send(post_json("/v1/embeddings", &json!({"input": []})));
     assert_eq!(reply.status, 422);
-    assert_openai_error(&reply.json(), "invalid_request_error", Some("input"), "empty");
+    assert_openai_error(
+        &reply.json(),
+        "invalid_request_error",
+        Some("input"),
+        "empty",
+    );
 
     let reply = send_with(
         fletcher_server::Settings {

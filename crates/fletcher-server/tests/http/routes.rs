@@ -28,7 +28,11 @@ fn tokenize_answers_tei_tokens() {
     let body = reply.json();
     assert_eq!(body[0].as_array().unwrap().len(), 2);
     assert_eq!(body[1][0]["id"], 7632);
-    send(post_json("/tokenize", &json!({"inputs": []}))).assert_error(422, "Validation", &["empty"]);
+    send(post_json("/tokenize", &json!({"inputs": []}))).assert_error(
+        422,
+        "Validation",
+        &["empty"],
+    );
 }
 
 #[test]
@@ -39,7 +43,10 @@ fn info_reports_model_and_limits() {
         ..Settings::default()
     };
     let body = send_with(settings, get("/info")).json();
-    assert!(body["model_id"].as_str().unwrap().ends_with("all-MiniLM-L6-v2"));
+    assert!(body["model_id"]
+        .as_str()
+        .unwrap()
+        .ends_with("all-MiniLM-L6-v2"));
     assert_eq!(body["dimension"], 384);
     assert_eq!(body["max_input_length"], 256);
     assert_eq!(body["pooling"], "mean");
@@ -58,7 +65,10 @@ fn health_and_metrics_are_open() {
     send(post_json("/embed", &json!({"inputs": "count me"})));
     let reply = send(get("/metrics"));
     assert_eq!(reply.status, 200);
-    assert_eq!(reply.headers["content-type"], "text/plain; version=0.0.4; charset=utf-8");
+    assert_eq!(
+        reply.headers["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
     let text = String::from_utf8(reply.body.to_vec()).unwrap();
     assert!(text.contains("fletcher_request_duration_seconds_count{route=\"/embed\"}"));
     assert!(text.contains("fletcher_gpu_batch_count_total{device=\"cpu:0\"}"));
@@ -76,14 +86,20 @@ fn with_auth(path: &str, auth: Option<&str>) -> Request<Body> {
     if let Some(value) = auth {
         builder = builder.header("authorization", value);
     }
-    builder.body(Body::from(r#"{"inputs":"hi","input":"hi"}"#)).unwrap()
+    builder
+        .body(Body::from(r#"{"inputs":"hi","input":"hi"}"#))
+        .unwrap()
 }
 
 #[test]
 fn api_key_guards_inference_routes_only() {
     for path in ["/embed", "/", "/tokenize"] {
         send_with(keyed(), with_auth(path, None)).assert_error(401, "Unauthorized", &["API key"]);
-        send_with(keyed(), with_auth(path, Some("Bearer wrong"))).assert_error(401, "Unauthorized", &[]);
+        send_with(keyed(), with_auth(path, Some("Bearer wrong"))).assert_error(
+            401,
+            "Unauthorized",
+            &[],
+        );
         let ok = send_with(keyed(), with_auth(path, Some("Bearer s3cret")));
         assert_eq!(ok.status, 200, "{path}: {:?}", ok.body);
     }

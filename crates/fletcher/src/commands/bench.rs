@@ -6,11 +6,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use fletcher_engine::device::DeviceSpec;
+use fletcher_engine::{EmbedRequest, Engine, EngineConfig, Metrics};
+
 use crate::cli::BenchArgs;
 use crate::io::read_texts;
 
 const WARM_UP_TEXTS: usize = 64;
-const LATENCY_TEXT: &str = "The quick brown fox jumps over the lazy dog.";
+const LATENCY_TEXT: &str = "The quick brown fox jumps over the lazy dog near the river bank.";
 const LATENCY_RUNS: usize = 50;
 
 /// Embeds the corpus `--repeat` times after a warm-up and prints the median
@@ -39,18 +42,56 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let flops: f64 = token_counts.iter().map(|&n| embedder.flops(n)).sum();
 
     let mut runs = Vec::with_capacity(args.repeat);
-    for run in 0..args.repeat {
-        let start = Instant::now();
-        embedder
-            .embed(&texts)
-            .context("embedding the corpus failed")?;
-        let elapsed = start.elapsed();
-        tracing::info!(run = run + 1, seconds = elapsed.as_secs_f64(), "timed pass");
-        runs.push(elapsed);
-    }
+    let (embedder, devices) = match &args.devices {
+        None => {
+            for run in 0..args.repeat {
+                let start = Instant::now();
+                embedder
+                    .embed(&texts)
+                    .context("embedding the corpus failed")?;
+                let elapsed = start.elapsed();
+                tracing::info!(run = run + 1, seconds = elapsed.as_secs_f64(), "timed pass");
+                runs.push(elapsed);
+            }
+            (std::sync::Arc::new(embedder), None)
+        }
+        Some(list) => {
+            let specs =
+                DeviceSpec::parse_list(list).map_err(|e| anyhow::anyhow!("--devices: {e}"))?;
+            let threads: usize = specs.iter().map(|d| d.threads).sum();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let config = EngineConfig {
+                devices: specs,
+                max_concurrent_inputs: usize::MAX / 2,
+                ..EngineConfig::default()
+            };
+            let engine = Engine::start(embedder, config, std::sync::Arc::new(Metrics::new()))?;
+            for run in 0..args.repeat {
+                let start = Instant::now();
+                runtime.block_on(embed_concurrently(&engine, &texts, args.request_texts))?;
+                let elapsed = start.elapsed();
+                tracing::info!(run = run + 1, seconds = elapsed.as_secs_f64(), "timed pass");
+                runs.push(elapsed);
+            }
+            let weights = engine.metrics().render();
+            let weights: Vec<&str> = weights
+                .lines()
+                .filter(|l| l.starts_with("fletcher_gpu_weight{"))
+                .collect();
+            engine.close();
+            (
+                engine.shared_embedder(),
+                Some((list.clone(), threads, weights.join(", "))),
+            )
+        }
+    };
     let seconds = median(&mut runs).as_secs_f64();
     let gflops = flops / seconds / 1e9;
-    let ceiling = fletcher_engine::ceiling_gflops(embedder.threads());
+    let threads = devices.as_ref().map_or(embedder.threads(), |d| d.1);
+    let ceiling = fletcher_engine::ceiling_gflops(threads);
 
     let sentence = vec![LATENCY_TEXT.to_owned()];
     embedder
@@ -66,6 +107,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
     let n = texts.len();
     let mut out = std::io::stdout().lock();
+    if let Some((list, threads, weights)) = &devices {
+        writeln!(
+            out,
+            "devices     {list} ({threads} threads in all), final weights: {weights}"
+        )?;
+    }
     writeln!(
         out,
         "model       {} (dimension {}, max_seq_length {}, {} threads)",
@@ -104,6 +151,25 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         latency.as_secs_f64() * 1e3
     )?;
     out.flush()?;
+    Ok(())
+}
+
+/// Embeds `texts` as concurrent requests of `chunk` texts each, all in
+/// flight at once, as many clients of a server would.
+async fn embed_concurrently(engine: &Engine, texts: &[String], chunk: usize) -> anyhow::Result<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for part in texts.chunks(chunk) {
+        let engine = engine.clone();
+        let request = EmbedRequest {
+            texts: part.to_vec(),
+            ..EmbedRequest::default()
+        };
+        tasks.spawn(async move { engine.embed(request).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.context("a request task failed")?
+            .context("embedding the corpus failed")?;
+    }
     Ok(())
 }
 

@@ -13,7 +13,8 @@ use arrow::ipc::writer::{FileWriter, StreamWriter};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 
-use super::*;
+use super::input::*;
+use super::output::*;
 
 /// A directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
