@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# The whole test suite: lints, then every test of the workspace in release
-# mode (the encoder is too slow unoptimized to run the parity tests).
+# The whole test suite: lints, every Rust test of the workspace in release
+# mode (the encoder is too slow unoptimized for the parity tests), then the
+# Python integration tests that drive `fletcher serve` with real clients,
+# a real redis-server and real Arrow Flight peers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-model.sh
+scripts/test-deps.sh
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
+# Redis-backed tests fail instead of skipping when redis-server is missing.
+export FLETCHER_REQUIRE_REDIS=1
 cargo test --release --workspace
+cargo build --release -p fletcher
+.venv/bin/python -m pytest -q tests/python

@@ -1,13 +1,10 @@
 #!/usr/bin/env bash
-# Python integration tests of `fletcher serve`: real clients (openai,
-# huggingface_hub, pyarrow) against the release binary. Uses the virtual
-# environment .venv at the repository root, creating it when missing.
+# Python integration tests of `fletcher serve` alone: real clients (openai,
+# huggingface_hub, pyarrow) against the release binary. Arguments go to
+# pytest (for example `-k openai`).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 scripts/fetch-model.sh
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
-fi
-.venv/bin/pip install -q -r tests/python/requirements.txt
+scripts/test-deps.sh
 cargo build --release -p fletcher
 exec .venv/bin/python -m pytest -q tests/python "$@"

@@ -32,6 +32,10 @@ impl RedisServer {
             .status()
             .is_err()
         {
+            assert!(
+                std::env::var_os("FLETCHER_REQUIRE_REDIS").is_none(),
+                "FLETCHER_REQUIRE_REDIS is set but redis-server is not on PATH"
+            );
             eprintln!(
                 "NOTICE: redis-server not found on PATH; skipping Redis cache test \
                  (apt-get install -y redis-server)"

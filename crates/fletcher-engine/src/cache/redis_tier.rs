@@ -297,7 +297,7 @@ pub(super) fn encode(vector: &[f32]) -> Vec<u8> {
 /// The vector stored as `bytes`; `None` unless they are a whole, non-zero
 /// number of `f32`s.
 pub(super) fn decode(bytes: &[u8]) -> Option<Arc<[f32]>> {
-    if bytes.is_empty() || bytes.len() % 4 != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(4) {
         return None;
     }
     Some(
