@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use fletcher_model::RaggedBatch;
+use fletcher_model::{BufferPool, PoolLimits, RaggedBatch};
 
 use crate::embedder::ModelCore;
 use crate::{EngineError, Metrics};
@@ -148,8 +148,8 @@ pub trait Device: Send + Sync + std::fmt::Debug {
     fn faults(&self) -> &Faults;
 }
 
-/// A group of CPU cores with its own rayon pool and worker thread, sharing
-/// the model's packed weights with the other CPU devices.
+/// A group of CPU cores with its own rayon pool, worker thread and buffer
+/// pool, sharing the model's packed weights with the other CPU devices.
 #[derive(Debug)]
 pub struct CpuDevice {
     name: String,
@@ -182,6 +182,7 @@ impl CpuDevice {
             index,
             name: name.clone(),
             pool,
+            buffers: BufferPool::with_observer(PoolLimits::default(), metrics.clone()),
             model,
             faults: faults.clone(),
             metrics,
@@ -223,6 +224,10 @@ struct Worker {
     index: usize,
     name: String,
     pool: rayon::ThreadPool,
+    /// Activation and workspace buffers, reused from batch to batch; its
+    /// hits, misses and holdings add to the `fletcher_metal_pool_*`
+    /// metrics.
+    buffers: BufferPool,
     model: Arc<ModelCore>,
     faults: Arc<Faults>,
     metrics: Arc<Metrics>,
@@ -244,6 +249,7 @@ impl Worker {
                     },
                     &self.name,
                     &self.metrics,
+                    &self.buffers,
                 )
             })
         }));

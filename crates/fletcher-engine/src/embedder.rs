@@ -4,7 +4,9 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
-use fletcher_model::{Encoder, ModelDir, Pooling, RaggedBatch};
+use std::time::{Duration, Instant};
+
+use fletcher_model::{BufferPool, Encoder, ModelDir, PoolLimits, Pooling, RaggedBatch, Stage};
 
 use crate::batch::{longest_first, plan_batches};
 use crate::tokenize::{TextTokenizer, TokenInfo, Tokens};
@@ -78,16 +80,24 @@ impl ModelCore {
     }
 
     /// Encodes and pools `batch` on the current rayon pool:
-    /// `[sequences, dimension]`, before normalization. Stage times go to
-    /// `metrics` under `device`.
+    /// `[sequences, dimension]`, before normalization. Activations and
+    /// workspaces come from `buffers`; stage times go to `metrics` under
+    /// `device`, one observation per stage.
     pub fn encode(
         &self,
         batch: &RaggedBatch<'_>,
         device: &str,
         metrics: &Metrics,
+        buffers: &BufferPool,
     ) -> Result<Vec<f32>, EngineError> {
-        let hidden = self.encoder.forward(batch)?;
-        let start = std::time::Instant::now();
+        let mut observe = |stage: Stage, elapsed: Duration| {
+            metrics
+                .gpu_layer_duration_seconds
+                .with_label_values(&[stage.as_str(), device])
+                .observe(elapsed.as_secs_f64());
+        };
+        let hidden = self.encoder.forward_pooled(batch, buffers, &mut observe)?;
+        let start = Instant::now();
         let mut pooled = vec![0.0; batch.num_sequences() * self.dimension()];
         fletcher_model::pooling::pool(
             &hidden,
@@ -96,10 +106,8 @@ impl ModelCore {
             &self.pooling,
             &mut pooled,
         );
-        metrics
-            .gpu_layer_duration_seconds
-            .with_label_values(&["pooling", device])
-            .observe(start.elapsed().as_secs_f64());
+        buffers.give_back(hidden);
+        observe(Stage::Pooling, start.elapsed());
         Ok(pooled)
     }
 }
@@ -112,6 +120,8 @@ pub struct Embedder {
     tokenizer: TextTokenizer,
     /// Metrics of calls made directly on the embedder (the CLI).
     metrics: Metrics,
+    /// Activation buffers of calls made directly on the embedder.
+    buffers: BufferPool,
     normalize: bool,
     truncation_side: TruncationSide,
     max_batch_tokens: usize,
@@ -166,11 +176,14 @@ impl Embedder {
             .thread_name(|i| format!("fletcher-cpu-{i}"))
             .build()
             .map_err(|e| EngineError::ThreadPool(e.to_string()))?;
+        let metrics = Metrics::new();
+        let buffers = BufferPool::with_observer(PoolLimits::default(), Arc::new(metrics.clone()));
         Ok(Self {
             id: id.to_owned(),
             core: Arc::new(ModelCore { encoder, pooling }),
             tokenizer,
-            metrics: Metrics::new(),
+            metrics,
+            buffers,
             normalize: options.normalize.unwrap_or(dir.sentence.normalize),
             truncation_side: options.truncation_side,
             max_batch_tokens: options
@@ -337,6 +350,7 @@ impl Embedder {
                 },
                 "cpu:0",
                 &self.metrics,
+                &self.buffers,
             )
         })
     }

@@ -298,3 +298,20 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+/// Buffer pools report to the `fletcher_metal_pool_*` metrics. Several pools
+/// (one per device) add up: the gauges move by each pool's changes.
+impl fletcher_model::PoolObserver for Metrics {
+    fn hit(&self) {
+        self.metal_pool_hits_total.inc();
+    }
+
+    fn miss(&self) {
+        self.metal_pool_misses_total.inc();
+    }
+
+    fn held(&self, bytes_delta: i64, buffers_delta: i64) {
+        self.metal_pool_size_bytes.add(bytes_delta);
+        self.metal_pool_buffers_count.add(buffers_delta);
+    }
+}

@@ -33,10 +33,7 @@ fn minilm_matches_sentence_transformers() {
             assert_eq!(*count, want, "token count of text {i}");
         }
     }
-    assert!(
-        counts.contains(&256),
-        "no reference text was truncated"
-    );
+    assert!(counts.contains(&256), "no reference text was truncated");
 }
 
 #[test]

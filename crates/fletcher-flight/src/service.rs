@@ -5,16 +5,18 @@ use std::future::ready;
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError as ArrowFlightError;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::utils::batches_to_flight_data;
 use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
 use fletcher_engine::{EmbedOptions, EmbedRequest, Engine};
 use futures::stream::{self, BoxStream};
-use futures::{StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use prometheus::{Histogram, IntCounter, IntCounterVec};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -213,6 +215,49 @@ fn slices(batch: &RecordBatch, rows: usize) -> Vec<RecordBatch> {
         .collect()
 }
 
+/// The Flight messages of an answer: the schema of `schema`, then every
+/// batch of `answers`, empty ones included.
+///
+/// `FlightDataEncoder` sends nothing for a batch without rows, which would
+/// lose the boundary of a client's empty batch; this encodes each batch with
+/// an encoder of its own (dictionaries hydrated, large batches split as
+/// usual) and an empty batch as one message of no rows.
+fn encode_answers(
+    schema: SchemaRef,
+    answers: impl Stream<Item = Result<RecordBatch, ArrowFlightError>> + Send + 'static,
+) -> impl Stream<Item = Result<FlightData, ArrowFlightError>> + Send + 'static {
+    let head = FlightDataEncoderBuilder::new()
+        .with_schema(schema.clone())
+        .build(stream::empty());
+    // The schema as sent: dictionaries replaced by their values.
+    let sent = head.known_schema().unwrap_or_else(|| schema.clone());
+    let body = answers
+        .and_then(move |batch| encode_batch(schema.clone(), sent.clone(), batch))
+        .map_ok(|messages| stream::iter(messages.into_iter().map(Ok)))
+        .try_flatten();
+    head.chain(body)
+}
+
+/// The messages of one answer batch, without the schema.
+async fn encode_batch(
+    schema: SchemaRef,
+    sent: SchemaRef,
+    batch: RecordBatch,
+) -> Result<Vec<FlightData>, ArrowFlightError> {
+    if batch.num_rows() == 0 {
+        let empty = RecordBatch::new_empty(sent.clone());
+        let messages = batches_to_flight_data(&sent, [&empty])?;
+        // The first message is the schema.
+        return Ok(messages.into_iter().skip(1).collect());
+    }
+    FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(stream::iter([Ok(batch)]))
+        .skip(1)
+        .try_collect()
+        .await
+}
+
 /// Embeds every batch of an exchange, slice by slice, into `answers`;
 /// stops early when the client is gone.
 async fn exchange_rows(
@@ -390,10 +435,8 @@ impl FlightService for FletcherFlight {
                 let _ = sender.send(Err(status.into())).await;
             }
         });
-        let answer = FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .build(ReceiverStream::new(receiver))
-            .map(move |item| match item {
+        let answer =
+            encode_answers(schema, ReceiverStream::new(receiver)).map(move |item| match item {
                 Ok(data) => {
                     call.sent(&data);
                     Ok(data)

@@ -3,9 +3,11 @@
 //! Work is split over `(sequence, head)` pairs on the current rayon pool.
 //! For one pair the keys are gathered transposed (`d x L`) and the values
 //! row-major (`L x d`) into thread-local scratch padded to whole vectors;
-//! scores are computed for up to 4 queries by 32 keys at a time with
-//! broadcast multiply-adds, the softmax subtracts the row maximum, and the
-//! context is `P · V` scaled by `1 / sum` at the end. Everything a pair
+//! scores are computed for up to 6 queries by 16 keys at a time with
+//! broadcast multiply-adds (a 6 x 16 register tile, like the GEMM
+//! micro-kernel, so the 12 accumulators stay in the 16 vector registers),
+//! the softmax subtracts the row maximum, and the context is `P · V`, 6
+//! queries by 16 columns at a time, scaled by `1 / sum` at the end. Everything a pair
 //! computes depends on its own sequence only (its length sets the padding),
 //! so results are bitwise independent of the rest of the batch.
 
@@ -14,8 +16,8 @@ use crate::simd::{self, F32x8};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
-/// Queries handled together.
-const QB: usize = 4;
+/// Queries handled together (rows of the register tile).
+const QB: usize = 6;
 
 /// Self-attention for a batch of sequences laid end to end, with no padding.
 ///
@@ -195,23 +197,19 @@ unsafe fn pair<V: F32x8>(
         // queries lie in `qkv`, and the caller owns the output cells.
         unsafe {
             let o = out.add((start + i) * hidden + h * d);
+            macro_rules! go {
+                ($b:literal) => {{
+                    let inv = block::<V, $b>(&q_at, i, len, lp, d, scale, sc);
+                    context::<V, $b>(sc, inv, len, lp, d, dp, hidden, o);
+                }};
+            }
             match qb {
-                4 => {
-                    let inv = block::<V, 4>(&q_at, i, len, lp, d, scale, sc);
-                    context::<V, 4>(sc, inv, len, lp, d, dp, hidden, o);
-                }
-                3 => {
-                    let inv = block::<V, 3>(&q_at, i, len, lp, d, scale, sc);
-                    context::<V, 3>(sc, inv, len, lp, d, dp, hidden, o);
-                }
-                2 => {
-                    let inv = block::<V, 2>(&q_at, i, len, lp, d, scale, sc);
-                    context::<V, 2>(sc, inv, len, lp, d, dp, hidden, o);
-                }
-                _ => {
-                    let inv = block::<V, 1>(&q_at, i, len, lp, d, scale, sc);
-                    context::<V, 1>(sc, inv, len, lp, d, dp, hidden, o);
-                }
+                6 => go!(6),
+                5 => go!(5),
+                4 => go!(4),
+                3 => go!(3),
+                2 => go!(2),
+                _ => go!(1),
             }
         }
         i += qb;
@@ -243,30 +241,25 @@ unsafe fn block<V: F32x8, const B: usize>(
     // SAFETY: `kt` is `d x lp`, `p` is `QB x lp`, `q[b]` has `d` floats.
     unsafe {
         let mut j = 0;
-        // 4 vectors of keys at a time, then 1.
-        while j + 32 <= lp {
-            let mut acc = [[V::splat(0.0); 4]; B];
+        // 2 vectors of keys at a time, then 1.
+        while j + 16 <= lp {
+            let mut acc = [[V::splat(0.0); 2]; B];
             for c in 0..d {
                 let kr = kt.add(c * lp + j);
-                let k = [
-                    V::load(kr),
-                    V::load(kr.add(8)),
-                    V::load(kr.add(16)),
-                    V::load(kr.add(24)),
-                ];
+                let k = [V::load(kr), V::load(kr.add(8))];
                 for b in 0..B {
                     let qv = V::broadcast(q[b].add(c));
-                    for u in 0..4 {
+                    for u in 0..2 {
                         acc[b][u] = qv.mul_add(k[u], acc[b][u]);
                     }
                 }
             }
             for b in 0..B {
-                for u in 0..4 {
+                for u in 0..2 {
                     acc[b][u].mul(vscale).store(p.add(b * lp + j + 8 * u));
                 }
             }
-            j += 32;
+            j += 16;
         }
         while j < lp {
             let mut acc = [V::splat(0.0); B];
@@ -340,29 +333,24 @@ unsafe fn context<V: F32x8, const B: usize>(
     // SAFETY: `p` is `QB x lp`, `v` is `len x dp`, `c0 + 8 * u <= dp`.
     unsafe {
         let mut c0 = 0;
-        while c0 + 32 <= dp {
-            let mut acc = [[V::splat(0.0); 4]; B];
+        while c0 + 16 <= dp {
+            let mut acc = [[V::splat(0.0); 2]; B];
             for j in 0..len {
                 let vr = v.add(j * dp + c0);
-                let vv = [
-                    V::load(vr),
-                    V::load(vr.add(8)),
-                    V::load(vr.add(16)),
-                    V::load(vr.add(24)),
-                ];
+                let vv = [V::load(vr), V::load(vr.add(8))];
                 for b in 0..B {
                     let pb = V::broadcast(p.add(b * lp + j));
-                    for u in 0..4 {
+                    for u in 0..2 {
                         acc[b][u] = pb.mul_add(vv[u], acc[b][u]);
                     }
                 }
             }
             for b in 0..B {
-                for u in 0..4 {
+                for u in 0..2 {
                     store(acc[b][u], b, c0 + 8 * u);
                 }
             }
-            c0 += 32;
+            c0 += 16;
         }
         while c0 < dp {
             let mut acc = [V::splat(0.0); B];

@@ -21,6 +21,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use fletcher_kernels::attention::ragged_attention;
 use fletcher_kernels::norm::{add_layer_norm, layer_norm};
@@ -28,8 +29,9 @@ use fletcher_kernels::{Activation, PackedLinear};
 use rayon::prelude::*;
 
 use crate::config::Architecture;
+use crate::pool::{BufferPool, PoolLimits, PooledBuffer};
 use crate::weights::{MappedTensor, Weights};
-use crate::{Encoder as EncoderTrait, ModelConfig, ModelError, RaggedBatch};
+use crate::{Encoder as EncoderTrait, ModelConfig, ModelError, RaggedBatch, Stage};
 
 const WORD_EMBEDDINGS: &str = "embeddings.word_embeddings.weight";
 
@@ -263,23 +265,31 @@ impl Embeddings {
     }
 }
 
-/// Buffers one forward pass reuses across layers.
-struct Scratch {
-    qkv: Vec<f32>,
-    ctx: Vec<f32>,
-    tmp: Vec<f32>,
-    inter: Vec<f32>,
+/// Buffers one forward pass reuses across layers, taken from a
+/// [`BufferPool`] and returned to it when the pass ends.
+struct Scratch<'p> {
+    qkv: PooledBuffer<'p>,
+    ctx: PooledBuffer<'p>,
+    tmp: PooledBuffer<'p>,
+    inter: PooledBuffer<'p>,
 }
 
-impl Scratch {
-    fn new(tokens: usize, d: &Dims) -> Self {
+impl<'p> Scratch<'p> {
+    fn new(tokens: usize, d: &Dims, pool: &'p BufferPool) -> Self {
         Self {
-            qkv: vec![0.0; tokens * 3 * d.hidden],
-            ctx: vec![0.0; tokens * d.hidden],
-            tmp: vec![0.0; tokens * d.hidden],
-            inter: vec![0.0; tokens * d.intermediate],
+            qkv: pool.take(tokens * 3 * d.hidden),
+            ctx: pool.take(tokens * d.hidden),
+            tmp: pool.take(tokens * d.hidden),
+            inter: pool.take(tokens * d.intermediate),
         }
     }
+}
+
+/// Time per stage of one forward pass, summed over layers.
+#[derive(Default)]
+struct StageTimes {
+    attention: Duration,
+    feed_forward: Duration,
 }
 
 /// Multi-head self-attention with query, key and value fused into one
@@ -346,21 +356,32 @@ impl Layer {
         })
     }
 
-    /// Replaces `x` (`[tokens, hidden]`) by the layer's output.
-    fn forward(&self, x: &mut Vec<f32>, cu_seqlens: &[usize], s: &mut Scratch) {
+    /// Replaces `x` (`[tokens, hidden]`) by the layer's output, adding the
+    /// time of its stages to `times`.
+    fn forward(
+        &self,
+        x: &mut Vec<f32>,
+        cu_seqlens: &[usize],
+        s: &mut Scratch<'_>,
+        times: &mut StageTimes,
+    ) {
+        let start = Instant::now();
         let tokens = x.len() / self.attention_output.out_features();
         self.attention
             .forward(x, cu_seqlens, &mut s.qkv, &mut s.ctx);
         self.attention_output
             .forward(&s.ctx, tokens, &mut s.tmp, Activation::Identity);
         self.attention_norm.forward_residual(&mut s.tmp, x);
-        std::mem::swap(x, &mut s.tmp);
+        std::mem::swap(x, &mut *s.tmp);
+        let middle = Instant::now();
         self.intermediate
             .forward(x, tokens, &mut s.inter, self.activation);
         self.output
             .forward(&s.inter, tokens, &mut s.tmp, Activation::Identity);
         self.output_norm.forward_residual(&mut s.tmp, x);
-        std::mem::swap(x, &mut s.tmp);
+        std::mem::swap(x, &mut *s.tmp);
+        times.attention += middle - start;
+        times.feed_forward += middle.elapsed();
     }
 
     fn packed_bytes(&self) -> usize {
@@ -386,9 +407,15 @@ impl Encoder {
         Ok(Self { layers })
     }
 
-    fn forward(&self, x: &mut Vec<f32>, cu_seqlens: &[usize], s: &mut Scratch) {
+    fn forward(
+        &self,
+        x: &mut Vec<f32>,
+        cu_seqlens: &[usize],
+        s: &mut Scratch<'_>,
+        times: &mut StageTimes,
+    ) {
         for layer in &self.layers {
-            layer.forward(x, cu_seqlens, s);
+            layer.forward(x, cu_seqlens, s, times);
         }
     }
 }
@@ -536,16 +563,34 @@ impl EncoderTrait for BertModel {
     }
 
     fn forward(&self, batch: &RaggedBatch<'_>) -> Result<Vec<f32>, ModelError> {
+        // A pool that keeps nothing: plain allocations, as before pooling.
+        let pool = BufferPool::new(PoolLimits::NONE);
+        self.forward_pooled(batch, &pool, &mut |_, _| {})
+    }
+
+    fn forward_pooled(
+        &self,
+        batch: &RaggedBatch<'_>,
+        pool: &BufferPool,
+        timer: &mut dyn FnMut(Stage, Duration),
+    ) -> Result<Vec<f32>, ModelError> {
         self.check_tokens(batch)?;
         let tokens = batch.num_tokens();
-        let mut x = vec![0.0; tokens * self.dims.hidden];
-        if tokens == 0 {
-            return Ok(x);
+        let start = Instant::now();
+        let mut x = pool.take(tokens * self.dims.hidden);
+        let mut times = StageTimes::default();
+        if tokens > 0 {
+            self.embeddings.forward(batch, &mut x);
         }
-        self.embeddings.forward(batch, &mut x);
-        let mut scratch = Scratch::new(tokens, &self.dims);
-        self.encoder.forward(&mut x, batch.cu_seqlens, &mut scratch);
-        Ok(x)
+        timer(Stage::Embeddings, start.elapsed());
+        if tokens > 0 {
+            let mut scratch = Scratch::new(tokens, &self.dims, pool);
+            self.encoder
+                .forward(&mut x, batch.cu_seqlens, &mut scratch, &mut times);
+        }
+        timer(Stage::Attention, times.attention);
+        timer(Stage::FeedForward, times.feed_forward);
+        Ok(x.into_vec())
     }
 
     fn flops(&self, len: usize) -> f64 {

@@ -11,11 +11,15 @@
 pub mod bert;
 pub mod config;
 pub mod error;
+pub mod pool;
 pub mod pooling;
 pub mod weights;
 
+use std::time::Duration;
+
 pub use config::{Architecture, ModelConfig, ModelDir, SentenceTransformerConfig};
 pub use error::ModelError;
+pub use pool::{BufferPool, PoolLimits, PoolObserver, PoolStats, PooledBuffer};
 pub use pooling::{pool, Pooling};
 pub use weights::Weights;
 
@@ -81,6 +85,33 @@ impl RaggedBatch<'_> {
     }
 }
 
+/// A stage of the model whose time is reported per batch, summed over
+/// layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Embedding lookups and their layer norm.
+    Embeddings,
+    /// Self-attention: the QKV projection, attention, the output
+    /// projection and its residual layer norm.
+    Attention,
+    /// The feed-forward block and its residual layer norm.
+    FeedForward,
+    /// Pooling hidden states into sentence vectors.
+    Pooling,
+}
+
+impl Stage {
+    /// The stage as the `layer_type` metric label names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Embeddings => "embeddings",
+            Self::Attention => "attention",
+            Self::FeedForward => "feed_forward",
+            Self::Pooling => "pooling",
+        }
+    }
+}
+
 /// A transformer encoder that maps a ragged batch of token ids to final
 /// hidden states.
 pub trait Encoder: Send + Sync + std::fmt::Debug {
@@ -98,6 +129,24 @@ pub trait Encoder: Send + Sync + std::fmt::Debug {
     /// Errors (never panics) on ids out of vocabulary range, a sequence
     /// longer than [`Encoder::max_positions`], or inconsistent `cu_seqlens`.
     fn forward(&self, batch: &RaggedBatch<'_>) -> Result<Vec<f32>, ModelError>;
+
+    /// As [`Encoder::forward`], taking activation and workspace buffers from
+    /// `pool` (and returning them to it) and calling `timer` once per batch
+    /// for each of [`Stage::Embeddings`], [`Stage::Attention`] and
+    /// [`Stage::FeedForward`] with the stage's time summed over layers. The
+    /// result comes from the pool too: hand it back with
+    /// [`BufferPool::give_back`] once done with it.
+    ///
+    /// The default ignores the pool and reports no stages.
+    fn forward_pooled(
+        &self,
+        batch: &RaggedBatch<'_>,
+        pool: &BufferPool,
+        timer: &mut dyn FnMut(Stage, Duration),
+    ) -> Result<Vec<f32>, ModelError> {
+        let _ = (pool, timer);
+        self.forward(batch)
+    }
 
     /// Floating-point operations to encode one sequence of `len` tokens
     /// (linear layers and attention; a multiply-add counts as two).

@@ -8,7 +8,9 @@ use std::path::Path;
 
 use common::*;
 use fletcher_model::bert::BertModel;
-use fletcher_model::{Architecture, Encoder, ModelDir, ModelError, RaggedBatch};
+use fletcher_model::{
+    Architecture, BufferPool, Encoder, ModelDir, ModelError, PoolLimits, RaggedBatch, Stage,
+};
 
 const IDS: [u32; 9] = [1, 5, 7, 2, 3, 19, 0, 4, 11];
 const TYPES: [u32; 9] = [0, 0, 1, 1, 0, 0, 0, 1, 1];
@@ -77,6 +79,45 @@ fn bert_matches_naive_reference() {
     let model = load_bert(&dir.0);
     assert!(model.word_embeddings_mapped());
     assert_eq!(model.architecture(), Architecture::Bert);
+}
+
+#[test]
+fn pooled_forward_reuses_buffers_and_gives_the_same_bits() {
+    let dir = bert_dir(Dt::F32, "", false, false);
+    let enc = load(&dir.0).unwrap();
+    let pool = BufferPool::new(PoolLimits::default());
+    // Batches of growing, shrinking and equal sizes over one pool: stale
+    // contents of reused buffers must never leak into the result.
+    let cuts: [&[usize]; 5] = [
+        &[0, 4, 5, 9],
+        &[0, 1],
+        &[0, 4, 5, 9],
+        &[0, 2, 3],
+        &[0, 4, 5, 9],
+    ];
+    for cu in cuts {
+        let n = *cu.last().unwrap();
+        let b = RaggedBatch {
+            input_ids: &IDS[..n],
+            token_type_ids: &TYPES[..n],
+            cu_seqlens: cu,
+        };
+        let mut stages = Vec::new();
+        let got = enc
+            .forward_pooled(&b, &pool, &mut |stage, _| stages.push(stage))
+            .unwrap();
+        assert_eq!(got, enc.forward(&b).unwrap(), "{cu:?}");
+        assert_eq!(
+            stages,
+            [Stage::Embeddings, Stage::Attention, Stage::FeedForward]
+        );
+        pool.give_back(got);
+    }
+    let stats = pool.stats();
+    assert!(stats.hits > 0, "{stats:?}");
+    assert!(stats.buffers <= PoolLimits::default().max_buffers);
+    // Five buffers a batch; after the first batch the rest mostly hit.
+    assert_eq!(stats.hits + stats.misses, 25);
 }
 
 #[test]

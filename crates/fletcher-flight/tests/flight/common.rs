@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::Float32Type;
 use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
-use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::utils::batches_to_flight_data;
 use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightClient, FlightData, FlightDescriptor, FlightInfo,
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
@@ -121,14 +121,18 @@ pub fn id_text_batch(first_id: i64, texts: &[&str]) -> RecordBatch {
     .unwrap()
 }
 
-/// The FlightData of `batches`, the first message carrying `descriptor`.
+/// The FlightData of `batches`: the schema of the first batch, then one
+/// message a batch, empty batches included, the first message carrying
+/// `descriptor`. Unlike `FlightDataEncoder`, which drops empty batches and
+/// refuses a batch of another schema, this sends the batches as given.
 pub fn flight_data(
     descriptor: Option<FlightDescriptor>,
     batches: Vec<RecordBatch>,
 ) -> impl futures::Stream<Item = arrow_flight::error::Result<FlightData>> + Send + 'static {
-    FlightDataEncoderBuilder::new()
-        .with_flight_descriptor(descriptor)
-        .build(futures::stream::iter(batches.into_iter().map(Ok)))
+    let schema = batches.first().expect("at least one batch").schema();
+    let mut messages = batches_to_flight_data(&schema, &batches).unwrap();
+    messages[0].flight_descriptor = descriptor;
+    futures::stream::iter(messages.into_iter().map(Ok))
 }
 
 /// The `id` column of `batch`.
@@ -177,11 +181,14 @@ pub struct RecordingSink {
 }
 
 impl RecordingSink {
-    /// Every row's `id`, over all puts, in arrival order.
+    /// Every row's `id`, over all puts, in arrival order; rows of batches
+    /// without an `id` column are left out.
     pub fn ids(&self) -> Vec<i64> {
         let puts = self.puts.lock().unwrap();
         puts.iter()
-            .flat_map(|p| p.batches.iter().flat_map(ids))
+            .flat_map(|p| p.batches.iter())
+            .filter(|b| b.column_by_name("id").is_some())
+            .flat_map(ids)
             .collect()
     }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{ArrayRef, AsArray, Int64Array, LargeStringArray, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Float16Type};
+use arrow::datatypes::{DataType, Field, Float16Type, Schema};
 use arrow_flight::error::FlightError;
 use arrow_flight::{Action, FlightDescriptor};
 use fletcher_engine::{EmbedOptions, EmbedRequest, Engine};
@@ -174,15 +174,18 @@ async fn bad_streams_are_invalid_arguments_naming_the_problem() {
         Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef,
     )])
     .unwrap();
-    let with_null = RecordBatch::try_from_iter(vec![(
-        "text",
-        Arc::new(StringArray::from(vec![Some("a"), None])) as ArrayRef,
-    )])
+    // One nullable `text` column for the whole stream, its first null in
+    // the second batch.
+    let nullable = Arc::new(Schema::new(vec![Field::new("text", DataType::Utf8, true)]));
+    let with_null = RecordBatch::try_new(
+        nullable.clone(),
+        vec![Arc::new(StringArray::from(vec![Some("a"), None])) as ArrayRef],
+    )
     .unwrap();
-    let first = RecordBatch::try_from_iter(vec![(
-        "text",
-        Arc::new(StringArray::from(vec![Some("a"), Some("b"), Some("c")])) as ArrayRef,
-    )])
+    let first = RecordBatch::try_new(
+        nullable,
+        vec![Arc::new(StringArray::from(vec!["a", "b", "c"])) as ArrayRef],
+    )
     .unwrap();
     let cases: Vec<(Option<FlightDescriptor>, Vec<RecordBatch>, &str)> = vec![
         (
@@ -239,13 +242,22 @@ async fn batches_over_the_admission_limit_are_sliced_not_refused() {
         answer.iter().flat_map(ids).collect::<Vec<_>>(),
         (0..20).collect::<Vec<_>>()
     );
-    let expected = embed(&engine, &texts, EmbedOptions::default()).await;
+    // The engine admits 8 texts at once, so the expected vectors are asked
+    // for 8 at a time too.
+    let mut expected = Vec::new();
+    for chunk in texts.chunks(8) {
+        expected.extend(embed(&engine, chunk, EmbedOptions::default()).await);
+    }
     let got: Vec<Vec<f32>> = answer.iter().flat_map(vectors).collect();
-    assert!(got
-        .iter()
-        .zip(&expected)
-        .all(|(g, e)| max_abs_diff(g, e) <= 1e-5));
-    assert!(MAX_SLICE_ROWS >= 8);
+    assert_eq!(got.len(), 20);
+    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+        assert!(
+            max_abs_diff(g, e) <= 1e-5,
+            "row {i}: {}",
+            max_abs_diff(g, e)
+        );
+    }
+    const { assert!(MAX_SLICE_ROWS >= 8) };
 }
 
 #[tokio::test]
