@@ -11,6 +11,9 @@ cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 # Redis-backed tests fail instead of skipping when redis-server is missing.
 export FLETCHER_REQUIRE_REDIS=1
+# The release binary that the Python tests drive is built here too, for
+# the CLI's integration tests: building it again with `cargo build` would
+# compile the workspace a second time under other features.
 cargo test --release --workspace
-cargo build --release -p fletcher
+test -x target/release/fletcher
 .venv/bin/python -m pytest -q tests/python

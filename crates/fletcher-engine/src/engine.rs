@@ -337,9 +337,15 @@ impl Engine {
         });
         let options = request.options.clone();
         let texts = request.texts;
-        let tokens = tokio::task::spawn_blocking(move || embedder.tokenize(&texts, &options))
-            .await
-            .map_err(|e| EngineError::Internal(format!("tokenization task: {e}")))??;
+        // A few short texts are tokenized right here: a blocking task would
+        // add two thread hand-offs to the latency of a short request.
+        let tokens = if crate::tokenize::is_small(&texts) {
+            embedder.tokenize(&texts, &options)?
+        } else {
+            tokio::task::spawn_blocking(move || embedder.tokenize(&texts, &options))
+                .await
+                .map_err(|e| EngineError::Internal(format!("tokenization task: {e}")))??
+        };
         // Every text is tokenized, hit or miss: over-long texts are refused
         // alike and `prompt_tokens` counts the whole request.
         let cached: Vec<Option<Arc<[f32]>>> = match (&self.inner.cache, &keys) {

@@ -10,6 +10,21 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 
 use crate::EngineError;
 
+/// Below this many bytes of text in all, a call tokenizes on its own
+/// thread: a short sentence takes tens of microseconds, about what a hand-off
+/// to another thread costs.
+pub(crate) const SERIAL_BYTES: usize = 4096;
+
+/// Whether `texts` are few and short enough to tokenize on the calling
+/// thread.
+pub(crate) fn is_small(texts: &[impl AsRef<str>]) -> bool {
+    let mut bytes = 0;
+    texts.iter().all(|t| {
+        bytes += t.as_ref().len();
+        bytes < SERIAL_BYTES
+    })
+}
+
 /// Which end of a text is cut when it is longer than the model accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TruncationSide {
@@ -107,7 +122,10 @@ impl TextTokenizer {
         }
     }
 
-    /// Tokenizes `texts` in parallel on the current rayon pool.
+    /// Tokenizes `texts` in parallel on the current rayon pool; inputs of
+    /// fewer than [`SERIAL_BYTES`] bytes in all are tokenized on the calling
+    /// thread, where handing them to other threads would cost more than the
+    /// work.
     pub fn encode(
         &self,
         texts: &[impl AsRef<str> + Sync],
@@ -117,26 +135,35 @@ impl TextTokenizer {
             TruncationSide::Left => &self.left,
             TruncationSide::Right => &self.right,
         };
-        texts
-            .par_iter()
-            .enumerate()
-            .map(|(index, text)| {
-                let input = self.prepare(text.as_ref());
-                let mut encoding = tokenizer.encode_fast(input.as_ref(), true).map_err(|e| {
-                    EngineError::Tokenize {
-                        index,
-                        message: e.to_string(),
-                    }
+        let one = |(index, text): (usize, &_)| self.encode_one(tokenizer, index, text);
+        if is_small(texts) {
+            texts.iter().enumerate().map(one).collect()
+        } else {
+            texts.par_iter().enumerate().map(one).collect()
+        }
+    }
+
+    fn encode_one(
+        &self,
+        tokenizer: &Tokenizer,
+        index: usize,
+        text: &(impl AsRef<str> + ?Sized),
+    ) -> Result<Tokens, EngineError> {
+        let input = self.prepare(text.as_ref());
+        let mut encoding =
+            tokenizer
+                .encode_fast(input.as_ref(), true)
+                .map_err(|e| EngineError::Tokenize {
+                    index,
+                    message: e.to_string(),
                 })?;
-                let truncated = !encoding.take_overflowing().is_empty();
-                let ids = encoding.get_ids().to_vec();
-                Ok(Tokens {
-                    type_ids: encoding.get_type_ids().to_vec(),
-                    ids,
-                    truncated,
-                })
-            })
-            .collect()
+        let truncated = !encoding.take_overflowing().is_empty();
+        let ids = encoding.get_ids().to_vec();
+        Ok(Tokens {
+            type_ids: encoding.get_type_ids().to_vec(),
+            ids,
+            truncated,
+        })
     }
 }
 

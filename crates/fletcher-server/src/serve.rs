@@ -1,13 +1,20 @@
 //! `fletcher serve`: load, bind, serve, drain on a signal.
 
+use std::future::IntoFuture;
 use std::io::IsTerminal;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use axum::extract::Request;
+use axum::response::IntoResponse;
+use axum::Router;
 
 use fletcher_engine::{Embedder, Engine, EngineError, Metrics};
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 use tracing_subscriber::EnvFilter;
 
+use crate::error::ApiError;
 use crate::{router, ServeArgs};
 
 /// How long the runtime waits for stray blocking work once serving stopped.
@@ -55,9 +62,9 @@ pub enum ServeError {
 ///
 /// Installs a tracing subscriber (text, or JSON with `--json-logs`,
 /// filtered by `RUST_LOG`, default `info`) unless the process already has
-/// one, builds its own tokio runtime, loads the model on a blocking thread,
-/// then binds `--host:--port`: nothing listens until the model is loaded
-/// and warmed up. On SIGTERM or SIGINT it stops accepting connections,
+/// one, builds its own tokio runtime, binds `--host:--port`, and loads the
+/// model on a blocking thread; until the model is loaded and warmed up every
+/// route answers 503 (so `/health` reads as not ready). On SIGTERM or SIGINT it stops accepting connections,
 /// lets requests in flight finish, closes the engine and returns `Ok`. A
 /// signal that arrives while the model is still loading ends the process
 /// the default way.
@@ -74,6 +81,26 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    let address = format!("{}:{}", args.host, args.port);
+    let listener = TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .map_err(|source| ServeError::Bind {
+            address: address.clone(),
+            source,
+        })?;
+    let local = listener.local_addr().map_or(address, |a| a.to_string());
+    tracing::info!(address = %local, "listening; 503 until the model is loaded");
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let wait_for_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let app = Arc::new(OnceLock::new());
+    let http = tokio::spawn(
+        axum::serve(listener, gate(app.clone()))
+            .with_graceful_shutdown(wait_for_stop(stopping.clone()))
+            .into_future(),
+    );
+
     let model = args.model.clone();
     let load = args.load_options();
     let config = args.engine_config();
@@ -97,16 +124,6 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         "model loaded"
     );
 
-    let address = format!("{}:{}", args.host, args.port);
-    let listener = TcpListener::bind((args.host.as_str(), args.port))
-        .await
-        .map_err(|source| ServeError::Bind {
-            address: address.clone(),
-            source,
-        })?;
-    let local = listener.local_addr().map_or(address, |a| a.to_string());
-    tracing::info!(address = %local, "listening");
-
     let sink = match args.flight.sink_config() {
         Some(config) => Some(
             fletcher_flight::start_sink(config, engine.metrics())
@@ -114,14 +131,10 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         ),
         None => None,
     };
-    let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop.send(true);
     });
-    let wait_for_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
     let flight = match args.flight.flight_port {
         Some(port) => {
             let listener = TcpListener::bind((args.host.as_str(), port))
@@ -150,11 +163,11 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         sink: sink.clone(),
         ..args.settings()
     };
-    let app = router(engine.clone(), settings);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(wait_for_stop(stopping))
-        .await
-        .map_err(ServeError::Serve);
+    let _ = app.set(router(engine.clone(), settings));
+    let served = match http.await {
+        Ok(served) => served.map_err(ServeError::Serve),
+        Err(e) => Err(ServeError::Serve(std::io::Error::other(e))),
+    };
     if let Some(flight) = flight {
         let _ = flight.await;
     }
@@ -173,6 +186,20 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     }
     tracing::info!("stopped");
     served
+}
+
+/// The service that listens from the start: every route answers 503 with
+/// a JSON body until `app` is set, then `app` answers.
+fn gate(app: Arc<OnceLock<Router>>) -> Router {
+    Router::new().fallback(move |request: Request| {
+        let app = app.clone();
+        async move {
+            match app.get() {
+                Some(router) => router.clone().oneshot(request).await.into_response(),
+                None => ApiError::Unhealthy.into_response(),
+            }
+        }
+    })
 }
 
 /// Resolves on the first SIGINT or SIGTERM.
