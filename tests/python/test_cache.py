@@ -16,6 +16,7 @@ import pytest
 
 from cache_helpers import (
     CACHE_BYTES,
+    CACHE_ENTRIES,
     CACHE_HITS,
     CACHE_MISSES,
     DEVICE_SEQUENCES,
@@ -173,38 +174,63 @@ def test_part_hits_part_misses_in_one_request(cached, uncached):
 
 
 def test_memory_tier_is_bounded():
-    capacity = 2_000_000
-    # Each entry is charged 1840 bytes (384 floats + key + overhead), so
-    # ~1087 entries fit; 11 000 distinct texts are ~10x the capacity.
-    per_request = 250
-    texts = vocabulary_words(11_000)
+    """A 4 MiB memory tier filled with ~11x its capacity of distinct texts
+    stays within its budget: the cache-bytes gauge never passes the
+    capacity, and RSS grows by at most the capacity plus 16 MiB from a
+    baseline taken after warm-up, which is well below what an unbounded
+    tier would add (over 40 MiB here; measured: ~5 MiB bounded, ~52 MiB
+    with a 1 GiB capacity)."""
+    capacity = 4 << 20
+    # Each entry is charged entry_weight(384) = 1840 bytes (384 floats,
+    # key, Arc header and 256 bytes of map overhead), so 2279 entries fit.
+    charged_per_entry = 384 * 4 + 32 + 16 + 256
+    fit = capacity // charged_per_entry
+    # Distinct two-word texts of the vocabulary: 4 tokens each, the same
+    # shape throughout, so the batch buffers reach their working size in
+    # the warm-up and do not grow afterwards.
+    words = vocabulary_words(200)
+    texts = [f"{a} {b}" for a in words for b in words][:26_000]
+    per_request = 500
+    chunks = [texts[i:i + per_request] for i in range(0, len(texts), per_request)]
+    # Warm-up: 2000 texts (less than the capacity), two requests at a time
+    # as in the fill, so allocator arenas and batch buffers settle.
+    warm, rest = chunks[:4], chunks[4:]
+    filled = sum(len(c) for c in rest)
+    assert filled >= 10 * fit, (filled, fit)
+    # What the fill would add to an unbounded tier: at least the vector
+    # and key of every entry, without any map overhead.
+    unbounded = filled * (384 * 4 + 32)
+    slack = 16 << 20
+    assert capacity + slack < unbounded * 0.6, (capacity + slack, unbounded)
+
     s = Server("--cache-capacity", str(capacity))
     try:
-        chunks = [texts[i:i + per_request] for i in range(0, len(texts), per_request)]
-        # Warm-up: the first 2000 texts (~1.8x the capacity) fill the cache
-        # and let the allocator and batch buffers reach their working size.
-        warm, rest = chunks[:8], chunks[8:]
-        for chunk in warm:
-            embed(s, chunk)
-        baseline = s.rss_bytes()
-        assert metrics(s)[CACHE_BYTES] <= capacity
+        # dimensions=1 keeps the answers small; the cache stores the full
+        # 384-float vector whatever the request's dimensions.
+        def fill(chunk):
+            embed(s, chunk, dimensions=1)
+            return metrics(s)[CACHE_BYTES]
+
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            for _ in pool.map(lambda c: embed(s, c), rest):
-                pass
+            list(pool.map(fill, warm))
+        baseline = s.rss_bytes()
+        peak_bytes = 0.0
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            for held in pool.map(fill, rest):
+                peak_bytes = max(peak_bytes, held)
         m = metrics(s)
-        assert m[DEVICE_SEQUENCES] >= len(texts)
-        assert 0 < m[CACHE_BYTES] <= capacity, m
-        # Slack of 150 MB over baseline + capacity: allocator fragmentation
-        # and per-thread arenas, request/response buffers of the HTTP layer,
-        # and moka's internal queues; a leak of one 1.5 KiB vector per text
-        # (~17 MB here) would still fit, so the counter check above is the
-        # precise one and this one catches gross growth (an unbounded tier
-        # would hold ~20 MB of vectors plus per-entry overhead, and would
-        # fail the counter check).
-        slack = 150_000_000
         rss = s.rss_bytes()
-        print(f"RSS after warm-up {baseline / 1e6:.1f} MB, at the end {rss / 1e6:.1f} MB")
-        assert rss <= baseline + capacity + slack, (rss, baseline)
+        print(f"RSS after warm-up {baseline / 2**20:.1f} MiB, growth {(rss - baseline) / 2**20:.1f} MiB "
+              f"(bound {(capacity + slack) / 2**20:.0f} MiB, unbounded would add >= {unbounded / 2**20:.0f} MiB); "
+              f"cache {m[CACHE_BYTES] / 2**20:.2f} MiB, {m[CACHE_ENTRIES]:.0f} entries")
+        assert m[DEVICE_SEQUENCES] >= len(texts), m
+        assert peak_bytes <= capacity, peak_bytes
+        assert 0 < m[CACHE_BYTES] <= capacity, m
+        assert 0 < m[CACHE_ENTRIES] <= fit, m
+        # Slack over baseline + capacity: allocator fragmentation and
+        # per-thread arenas, HTTP buffers and moka's queues and frequency
+        # sketch.
+        assert rss - baseline <= capacity + slack, (rss, baseline)
     finally:
         s.stop_and_check()
 

@@ -1,8 +1,10 @@
 """Injected device faults on a two-device server: a panic or a NaN on one
-device costs at most the texts it touched (as a typed error), never a wrong
-or NaN vector, and moves its counter by exactly one; a slow device gets a
-matching share of the work."""
+device is retried on the other, so no request fails and no wrong or NaN
+vector reaches a client, and its counter moves by exactly one; a slow
+device gets a matching share of the work, and two devices of which one is
+3x slower serve together at least 90% of what each serves alone, added."""
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -93,13 +95,13 @@ def healthy_afterwards(server):
 
 
 def test_panic_on_one_device(server):
+    """One injected panic on cpu:1: the panicked batch's texts are retried
+    on cpu:0, so every request of the traffic gets right vectors (none
+    fails), and fletcher_panics_total moves by exactly one."""
     before = metric(server, "fletcher_panics_total")
     arm(server, device="cpu:1", fault="panic", count=1)
     outcomes = traffic_until(server, "fletcher_panics_total", before, "Backend")
-    assert any(outcomes)
-    # The failed batch's texts are retried on the other device, so at most
-    # the requests with texts in that one batch can fail.
-    assert outcomes.count(False) <= 8
+    assert outcomes.count(False) == 0, f"{outcomes.count(False)} of {len(outcomes)} requests failed"
     time.sleep(0.3)
     assert metric(server, "fletcher_panics_total") == before + 1
     healthy_afterwards(server)
@@ -107,39 +109,137 @@ def test_panic_on_one_device(server):
 
 
 def test_nan_on_one_device(server):
+    """One injected NaN vector on cpu:1: that text is retried on cpu:0, so
+    every request gets finite, right vectors (none fails), and
+    fletcher_output_invalid_total moves by exactly one."""
     before = metric(server, "fletcher_output_invalid_total")
     arm(server, device="cpu:1", fault="nan", count=1)
     outcomes = traffic_until(server, "fletcher_output_invalid_total", before, "InvalidOutput")
-    assert any(outcomes)
-    assert outcomes.count(False) <= 1
+    assert outcomes.count(False) == 0, f"{outcomes.count(False)} of {len(outcomes)} requests failed"
     time.sleep(0.3)
     assert metric(server, "fletcher_output_invalid_total") == before + 1
     healthy_afterwards(server)
     assert metric(server, "fletcher_output_invalid_total") == before + 1
 
 
+def weights_until(server, pool, settled, deadline, offset):
+    """Rounds of 40 concurrent requests of 32 short texts, each answer
+    checked, until `settled(ratio)` holds for the weights' ratio cpu:0 :
+    cpu:1 (an average of recent batches, so noisy on a busy machine) or
+    `deadline` passes; returns the last ratio."""
+    ratio = None
+    for round_ in range(6):
+        batch = chunks(40, 32, offset=offset + round_ * 11, texts=SHORT)
+        for texts, (status, body) in zip(batch, pool.map(lambda t: post(server, t), batch)):
+            assert check_answer(status, body, texts, None)
+        w0 = metric(server, "fletcher_gpu_weight", device="cpu:0")
+        w1 = metric(server, "fletcher_gpu_weight", device="cpu:1")
+        assert w0 > 0 and w1 > 0, (w0, w1)
+        ratio = w0 / w1
+        print(f"round {round_}: weights {w0:.3f} : {w1:.3f}, ratio {ratio:.2f}")
+        if settled(ratio) or time.monotonic() > deadline:
+            break
+    return ratio
+
+
 def test_slow_device_gets_a_third_of_the_work(server):
+    """cpu:1 slowed 3x: the weights settle within 20% of 3:1 and cpu:1
+    still gets batches; once its slowdown is removed, they come back within
+    1.5:1 of even."""
+    slowed = True
     arm(server, device="cpu:1", fault="slow", factor=3.0)
     try:
-        ratio = None
-        deadline = time.monotonic() + 30
         with ThreadPoolExecutor(40) as pool:
-            # Rounds of 40 concurrent requests of 32 texts, until the
-            # weights (an average of recent batches, so noisy on a busy
-            # machine) are within 20% of 3:1.
-            for round_ in range(4):
-                batch = chunks(40, 32, offset=round_ * 11, texts=SHORT)
-                for texts, (status, body) in zip(batch, pool.map(lambda t: post(server, t), batch)):
-                    assert check_answer(status, body, texts, None)
-                w0 = metric(server, "fletcher_gpu_weight", device="cpu:0")
-                w1 = metric(server, "fletcher_gpu_weight", device="cpu:1")
-                assert w0 > 0 and w1 > 0, (w0, w1)
-                ratio = w0 / w1
-                print(f"round {round_}: weights {w0:.3f} : {w1:.3f}, ratio {ratio:.2f}")
-                if 2.4 <= ratio <= 3.6 or time.monotonic() > deadline:
-                    break
-        assert 2.4 <= ratio <= 3.6, ratio
-        assert metric(server, "fletcher_gpu_batch_count_total", device="cpu:1") > 0
+            ratio = weights_until(server, pool, lambda r: 2.4 <= r <= 3.6, time.monotonic() + 30, 0)
+            assert 2.4 <= ratio <= 3.6, ratio
+            assert metric(server, "fletcher_gpu_batch_count_total", device="cpu:1") > 0
+            arm(server, device="cpu:1", fault="slow", factor=1.0)
+            slowed = False
+            print("slowdown removed")
+            ratio = weights_until(server, pool, lambda r: 1 / 1.5 <= r <= 1.5, time.monotonic() + 20, 3)
+            assert 1 / 1.5 <= ratio <= 1.5, ratio
     finally:
-        arm(server, device="cpu:1", fault="slow", factor=1.0)
+        if slowed:
+            arm(server, device="cpu:1", fault="slow", factor=1.0)
     healthy_afterwards(server)
+
+
+# Throughput of one device alone, of one 3x slower alone, and of both
+# together. Batches of at most 512 tokens: the batch a device holds when the
+# work runs out is what the other device may wait for at the end, so it must
+# be short next to the measurement.
+THROUGHPUT_BATCH_TOKENS = 512
+BURST_SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def throughput_servers():
+    """`normal` (--devices cpu:1), `slow` (--devices cpu:1, slowed 3x) and
+    `pair` (--devices cpu:1,cpu:1, cpu:1 slowed 3x), all without cache and
+    with the same batch limit, each warmed up (and the pair's weights
+    learned) by a first burst."""
+    args = ("--cache-capacity", "0", "--fault-injection", "--max-batch-tokens", str(THROUGHPUT_BATCH_TOKENS))
+    servers = {}
+    try:
+        for name, devices, slowed in (("normal", "cpu:1", None), ("slow", "cpu:1", "cpu:0"),
+                                      ("pair", "cpu:1,cpu:1", "cpu:1")):
+            servers[name] = Server("--devices", devices, *args)
+            if slowed:
+                arm(servers[name], device=slowed, fault="slow", factor=3.0)
+            burst(servers[name], {"normal": 4, "slow": 2, "pair": 12}[name])
+        yield servers
+    finally:
+        for s in servers.values():
+            s.stop_and_check()
+
+
+def burst(server, n_requests):
+    """`n_requests` requests of BURST_SIZE short texts, sent at once; the
+    texts per second from the start until the last answer. Every answer is
+    checked (after the clock stopped) against the reference vectors."""
+    batch = chunks(n_requests, BURST_SIZE, offset=n_requests * 7, texts=SHORT)
+    sessions = [requests.Session() for _ in batch]
+    start = threading.Barrier(len(batch) + 1)
+
+    def send(k):
+        start.wait()
+        r = sessions[k].post(server.url + "/embed", json={"inputs": batch[k]}, timeout=120)
+        return time.monotonic(), r.status_code, r.json()
+
+    with ThreadPoolExecutor(len(batch)) as pool:
+        futures = [pool.submit(send, k) for k in range(len(batch))]
+        start.wait()
+        began = time.monotonic()
+        answers = [f.result() for f in futures]
+    seconds = max(at for at, _, _ in answers) - began
+    for texts, (_, status, body) in zip(batch, answers):
+        assert check_answer(status, body, texts, None)
+    return len(batch) * BURST_SIZE / seconds
+
+
+def test_slowed_pair_serves_nine_tenths_of_the_sum(throughput_servers):
+    """The same burst workload (short texts in requests of 16, cache off)
+    timed end to end on each server: the pair of devices, one slowed 3x,
+    serves at least 90% of the texts per second of the normal device alone
+    plus the slowed one alone.
+
+    When a burst's work runs out, one device of the pair may still wait for
+    the other's last batch (~0.25 s on the slowed one), so the pair's burst
+    is long (1024 texts, ~5 s); a single device has no such tail, so its
+    bursts are shorter (~1.5 s). A run times the three one after the other,
+    the pair in the middle, so that they see the same machine; its speed
+    drifts, so the better of 2 runs counts."""
+    requests_per_burst = {"normal": 16, "slow": 5, "pair": 64}
+    runs = []
+    for _ in range(2):
+        rates = {name: burst(throughput_servers[name], requests_per_burst[name])
+                 for name in ("normal", "pair", "slow")}
+        rates["ratio"] = rates["pair"] / (rates["normal"] + rates["slow"])
+        print(f"normal {rates['normal']:.0f}, slow {rates['slow']:.0f}, pair {rates['pair']:.0f} texts/s; "
+              f"pair / (normal + slow) = {rates['ratio']:.3f}")
+        # The slowdown really took: the slowed device alone serves about a
+        # third of the normal one (1.0 without it; wide for a noisy machine).
+        assert 0.2 <= rates["slow"] / rates["normal"] <= 0.5, rates
+        runs.append(rates)
+    best = max(runs, key=lambda r: r["ratio"])
+    assert best["ratio"] >= 0.9, runs

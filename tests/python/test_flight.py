@@ -3,6 +3,9 @@ bad streams, and DoPut / `POST /embed?forward=true` reaching a Flight sink
 that runs in this process, also across a sink restart and a full buffer."""
 
 import json
+import threading
+import time
+import uuid
 
 import numpy as np
 import pyarrow as pa
@@ -166,6 +169,126 @@ def test_rows_acknowledged_while_the_sink_is_down_arrive_after_restart():
     finally:
         server.stop_and_check()
         stop_sink(sink)
+
+
+def test_rows_acknowledged_while_the_sink_restarts_mid_stream_all_arrive():
+    """A thread keeps putting rows with an `id` column and another keeps
+    forwarding texts through `POST /embed?forward=true` while the sink is
+    stopped and, 1.5 s later, started again on its port: every row
+    acknowledged to a client (before, during and after the outage) reaches
+    one of the two sink instances, DoPut rows by id with their text,
+    forwarded rows by their (unique) text, and a repeated row carries the
+    same id, text and vector."""
+    sinks = [start_sink()]
+    port = sinks[0].port
+    server = FlightServer(*sink_args(port))
+    salt = uuid.uuid4().hex[:8]
+    stop = threading.Event()
+    lock = threading.Lock()
+    sent_puts = {}  # id -> text, of every row sent by DoPut
+    acked_puts = {}  # id -> time acknowledged
+    sent_forwards = set()
+    acked_forwards = {}  # text -> time acknowledged
+    failures = []
+    sink_up = [True]  # whether sinks[-1] is serving
+
+    def keep_putting():
+        first = 0
+        try:
+            with server.client() as client:
+                while not stop.is_set():
+                    texts = [f"put {salt} row {first + k}" for k in range(8)]
+                    with lock:
+                        sent_puts.update(zip(range(first, first + 8), texts))
+                    answer = put(client, ["ds2"], id_text_batches(first, texts, 4))
+                    assert answer == {"rows": 8}, answer
+                    now = time.monotonic()
+                    with lock:
+                        acked_puts.update((first + k, now) for k in range(8))
+                    first += 8
+                    time.sleep(0.02)
+        except Exception as e:  # noqa: BLE001 - reported by the test's thread
+            failures.append(("put", repr(e)))
+
+    def keep_forwarding():
+        n = 0
+        try:
+            while not stop.is_set():
+                texts = [f"forward {salt} text {n}", f"forward {salt} text {n + 1}"]
+                with lock:
+                    sent_forwards.update(texts)
+                r = forward(server, texts)
+                assert r.status_code == 200, r.text
+                now = time.monotonic()
+                with lock:
+                    acked_forwards.update((t, now) for t in texts)
+                n += 2
+                time.sleep(0.02)
+        except Exception as e:  # noqa: BLE001 - reported by the test's thread
+            failures.append(("forward", repr(e)))
+
+    def all_rows():
+        return [row for sink in sinks for row in sink.rows()]
+
+    threads = [threading.Thread(target=keep_putting), threading.Thread(target=keep_forwarding)]
+    try:
+        for t in threads:
+            t.start()
+        wait_until("rows of both kinds reach the first sink",
+                   lambda: {("ds2",), ("ds",)} <= {path for path, _, _ in sinks[0].rows()})
+        stop_sink(sinks[0])
+        sink_up[0] = False
+        down_at = time.monotonic()
+        time.sleep(1.5)
+        up_at = time.monotonic()
+        sinks.append(start_sink(port))
+        sink_up[0] = True
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        assert not failures, failures
+        assert not any(t.is_alive() for t in threads)
+
+        # The traffic really went on through the outage and after it.
+        assert any(down_at < at < up_at for at in acked_puts.values()), "no DoPut acknowledged while down"
+        assert any(down_at < at < up_at for at in acked_forwards.values()), "no forward acknowledged while down"
+        assert any(at > up_at for at in acked_puts.values())
+        assert any(at > up_at for at in acked_forwards.values())
+
+        def everything_arrived():
+            rows = all_rows()
+            put_ids = {i for path, i, _ in rows if path == ("ds2",)}
+            forwarded = {t for path, _, t in rows if path == ("ds",)}
+            return put_ids >= set(acked_puts) and forwarded >= set(acked_forwards)
+
+        wait_until("every acknowledged row reaches a sink", everything_arrived, timeout=30)
+        for path, i, text in all_rows():
+            if path == ("ds2",):
+                # A retried call may repeat rows, never with another id.
+                assert sent_puts.get(i) == text, (i, text)
+            else:
+                assert path == ("ds",) and i is None and text in sent_forwards, (path, i, text)
+        seen = {}
+        for path, batch in [(p, b) for sink in sinks for p, b in sink.batches()]:
+            keys = batch.column("id").to_pylist() if path == ["ds2"] else batch.column("text").to_pylist()
+            embeddings = batch.column("embedding").flatten().to_numpy(zero_copy_only=False).reshape(-1, 384)
+            for key, vector in zip(keys, embeddings):
+                first = seen.setdefault((path[0], key), vector)
+                np.testing.assert_array_equal(vector, first, err_msg=f"repeated row {path[0]} {key}")
+        rows = all_rows()
+        repeats = len(rows) - len({(path, i if path == ("ds2",) else t) for path, i, t in rows})
+        print(f"{len(acked_puts)} put rows and {len(acked_forwards)} forwarded rows acknowledged, "
+              f"{len(rows)} received by the sinks ({repeats} repeated), "
+              f"{sum(1 for at in acked_puts.values() if down_at < at < up_at)} put rows while down")
+    finally:
+        stop.set()
+        for t in threads:
+            if t.ident is not None:
+                t.join(timeout=60)
+        server.stop_and_check()
+        if sink_up[0]:
+            stop_sink(sinks[-1])
 
 
 def test_a_full_buffer_refuses_rows_and_drops_none():

@@ -175,11 +175,17 @@ pub(crate) fn run(
     };
     queue.publish_weights();
     let mut closing = false;
+    // Whether the last dispatch sent a batch. When it sent none although
+    // texts wait and a device is free (texts to retry that only a device in
+    // back-off may take), the queue waits for an event or a tick instead of
+    // spinning.
+    let mut progressed = true;
     loop {
-        let first = if queue.can_dispatch() {
-            events.try_recv().ok()
-        } else if closing && queue.jobs.is_empty() && queue.in_flight.is_empty() {
+        if closing && queue.jobs.is_empty() && queue.in_flight.is_empty() {
             return;
+        }
+        let first = if progressed && queue.can_dispatch() {
+            events.try_recv().ok()
         } else {
             match events.recv_timeout(TICK) {
                 Ok(event) => Some(event),
@@ -201,7 +207,7 @@ pub(crate) fn run(
             }
         }
         queue.prune();
-        queue.dispatch();
+        progressed = queue.dispatch();
     }
 }
 
@@ -230,15 +236,17 @@ impl Queue {
         self.metrics.queue_depth.set(waiting as i64);
     }
 
-    /// The usable device that would finish one more batch soonest.
-    fn choose_device(&self, now: Instant) -> Option<usize> {
+    /// The usable devices, the one that would finish one more batch soonest
+    /// first.
+    fn devices_by_finish(&self, now: Instant) -> Vec<usize> {
         let known: Vec<f64> = self.devices.iter().filter_map(|d| d.rate).collect();
         let default_rate = if known.is_empty() {
             1.0
         } else {
             known.iter().sum::<f64>() / known.len() as f64
         };
-        self.devices
+        let mut usable: Vec<(usize, f64)> = self
+            .devices
             .iter()
             .enumerate()
             .filter(|(_, d)| d.usable(now))
@@ -246,19 +254,27 @@ impl Queue {
                 let rate = d.rate.unwrap_or(default_rate).max(1e-9);
                 (i, (d.outstanding_tokens as f64 + 1.0) / rate)
             })
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|(i, _)| i)
+            .collect();
+        usable.sort_by(|a, b| a.1.total_cmp(&b.1));
+        usable.into_iter().map(|(i, _)| i).collect()
     }
 
-    /// Sends batches to devices while there are texts and free devices.
-    fn dispatch(&mut self) {
+    /// Sends batches to devices while there are texts and free devices;
+    /// returns whether it sent any. A device that may take none of the
+    /// waiting texts (they failed on it and wait for another device) is
+    /// passed over for the next one.
+    fn dispatch(&mut self) -> bool {
         let now = Instant::now();
-        while let Some(d) = self.choose_device(now) {
-            let budget = self.budget(d);
-            let picks = self.pick_batch(d, budget);
-            if picks.is_empty() {
-                break;
-            }
+        let mut sent = false;
+        loop {
+            let chosen = self.devices_by_finish(now).into_iter().find_map(|d| {
+                let picks = self.pick_batch(d, self.budget(d));
+                (!picks.is_empty()).then_some((d, picks))
+            });
+            let Some((d, picks)) = chosen else {
+                return sent;
+            };
+            sent = true;
             let items: Vec<&Tokens> = picks
                 .iter()
                 .filter_map(|&(j, i)| self.jobs.get(&j).map(|a| &a.job.tokens[i]))
