@@ -128,6 +128,20 @@ pub struct Embedder {
     pool: rayon::ThreadPool,
     threads: usize,
     fingerprint: [u8; 32],
+    prompts: Prompts,
+}
+
+/// The named prompts of a sentence-transformers model
+/// (`config_sentence_transformers.json`).
+#[derive(Debug, Clone, Default)]
+pub struct Prompts {
+    /// Prompt texts by name.
+    pub named: std::collections::HashMap<String, String>,
+    /// The prompt applied when a call names none.
+    pub default_name: Option<String>,
+    /// The pooling leaves the prompt's tokens out (`include_prompt: false`),
+    /// which this engine does not do: prompts are refused for such a model.
+    pub excluded_from_pooling: bool,
 }
 
 impl Embedder {
@@ -193,6 +207,11 @@ impl Embedder {
             pool,
             threads: threads.max(1),
             fingerprint,
+            prompts: Prompts {
+                named: dir.sentence.prompts.clone(),
+                default_name: dir.sentence.default_prompt_name.clone(),
+                excluded_from_pooling: dir.sentence.exclude_prompt_from_pooling,
+            },
         })
     }
 
@@ -200,6 +219,11 @@ impl Embedder {
     /// same fingerprint give the same vectors.
     pub fn fingerprint(&self) -> [u8; 32] {
         self.fingerprint
+    }
+
+    /// The model's named prompts.
+    pub fn prompts(&self) -> &Prompts {
+        &self.prompts
     }
 
     /// Components of each vector.

@@ -18,7 +18,7 @@ mod queue;
 mod tokenize;
 
 pub use ceiling::ceiling_gflops;
-pub use embedder::{EmbedOptions, Embedder, LoadOptions};
+pub use embedder::{EmbedOptions, Embedder, LoadOptions, Prompts};
 pub use engine::{EmbedRequest, Embedded, Engine, EngineConfig, Timings};
 pub use error::EngineError;
 pub use fletcher_model::Pooling;

@@ -65,6 +65,16 @@ pub(crate) struct Job {
     pub enqueued: Instant,
 }
 
+impl Job {
+    /// Answers the job. Its share of the inputs-in-flight budget is given
+    /// back first, so a caller that has its answer sees the budget freed.
+    fn answer(self, result: Result<JobOutput, EngineError>) {
+        let Self { reply, _permit, .. } = self;
+        drop(_permit);
+        let _ = reply.send(result);
+    }
+}
+
 /// A job being served.
 #[derive(Debug)]
 struct Active {
@@ -220,18 +230,19 @@ impl Queue {
     /// Drops jobs whose client has gone and fails those past their deadline.
     fn prune(&mut self) {
         let now = Instant::now();
-        self.jobs.retain(|_, a| {
-            if a.job.reply.is_closed() {
-                return false;
-            }
-            if a.job.deadline.is_some_and(|d| d <= now) {
+        self.jobs.retain(|_, a| !a.job.reply.is_closed());
+        let late: Vec<u64> = self
+            .jobs
+            .iter()
+            .filter(|(_, a)| a.job.deadline.is_some_and(|d| d <= now))
+            .map(|(&j, _)| j)
+            .collect();
+        for j in late {
+            if let Some(a) = self.jobs.remove(&j) {
                 let waited = now.duration_since(a.job.enqueued);
-                let reply = std::mem::replace(&mut a.job.reply, oneshot::channel().0);
-                let _ = reply.send(Err(EngineError::Timeout { waited }));
-                return false;
+                a.job.answer(Err(EngineError::Timeout { waited }));
             }
-            true
-        });
+        }
         let waiting: usize = self.jobs.values().map(Active::waiting).sum();
         self.metrics.queue_depth.set(waiting as i64);
     }
@@ -451,9 +462,8 @@ impl Queue {
         if a.attempts[i] == 0 {
             a.attempts[i] = 1;
             a.retry.push_back((i, device));
-        } else if let Some(mut a) = self.jobs.remove(&j) {
-            let reply = std::mem::replace(&mut a.job.reply, oneshot::channel().0);
-            let _ = reply.send(Err(error()));
+        } else if let Some(a) = self.jobs.remove(&j) {
+            a.job.answer(Err(error()));
         }
     }
 
@@ -468,12 +478,11 @@ impl Queue {
             };
             a.inference += elapsed;
             if a.done == a.job.tokens.len() {
-                if let Some(mut a) = self.jobs.remove(&j) {
-                    let reply = std::mem::replace(&mut a.job.reply, oneshot::channel().0);
+                if let Some(a) = self.jobs.remove(&j) {
                     let queue = a
                         .started
                         .map_or(Duration::ZERO, |s| s.duration_since(a.job.enqueued));
-                    let _ = reply.send(Ok(JobOutput {
+                    a.job.answer(Ok(JobOutput {
                         vectors: a.vectors,
                         queue,
                         inference: a.inference,

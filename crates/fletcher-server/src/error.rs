@@ -179,9 +179,18 @@ pub enum ApiError {
         /// The configured limit.
         limit: usize,
     },
-    /// The request names a prompt the server does not know.
-    #[error("unknown prompt_name `{0}`: no prompts are configured for this model")]
-    UnknownPrompt(String),
+    /// The request names a prompt the model does not define.
+    #[error("unknown prompt_name `{name}`; this model's prompts: [{known}]")]
+    UnknownPrompt {
+        /// The name asked for.
+        name: String,
+        /// The model's prompt names, comma-separated.
+        known: String,
+    },
+    /// The model pools without its prompt's tokens, which the engine does
+    /// not support.
+    #[error("prompt `{0}` cannot be used: this model pools without the prompt's tokens (include_prompt: false), which is not supported")]
+    PromptNotPooled(String),
     /// The Arrow IPC stream could not be read.
     #[error("invalid Arrow IPC stream: {0}")]
     ArrowStream(String),
@@ -226,7 +235,8 @@ impl ApiError {
             | Self::NoInput { .. }
             | Self::EmptyText { .. }
             | Self::BatchTooLarge { .. }
-            | Self::UnknownPrompt(_)
+            | Self::UnknownPrompt { .. }
+            | Self::PromptNotPooled(_)
             | Self::ArrowInput(_) => ErrorKind::Validation,
             Self::PayloadTooLarge { .. } => ErrorKind::PayloadTooLarge,
             Self::Encode(_) => ErrorKind::Internal,
@@ -257,7 +267,7 @@ impl ApiError {
             Self::Invalid { field, .. }
             | Self::NoInput { field }
             | Self::EmptyText { field, .. } => Some(field),
-            Self::UnknownPrompt(_) => Some("prompt_name"),
+            Self::UnknownPrompt { .. } | Self::PromptNotPooled(_) => Some("prompt_name"),
             Self::Engine(EngineError::InvalidOption(_)) => Some("dimensions"),
             _ => None,
         }

@@ -5,7 +5,7 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
-use fletcher_engine::TruncationSide;
+use fletcher_engine::{Prompts, TruncationSide};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -137,12 +137,28 @@ pub(crate) fn truncation_side(
         .transpose()
 }
 
-/// Refuses a `prompt_name`: the engine exposes no prompts to look it up in.
-pub(crate) fn check_prompt(prompt_name: Option<String>) -> Result<Option<String>, ApiError> {
-    match prompt_name {
-        Some(name) => Err(ApiError::UnknownPrompt(name)),
-        None => Ok(None),
+/// The prompt text a request gets: the one its `prompt_name` names, else
+/// the model's default prompt, else none. An unknown name, or any prompt
+/// for a model that pools without its prompt tokens, is refused.
+pub(crate) fn check_prompt(
+    prompts: &Prompts,
+    prompt_name: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    let Some(name) = prompt_name.or_else(|| prompts.default_name.clone()) else {
+        return Ok(None);
+    };
+    let Some(text) = prompts.named.get(&name) else {
+        let mut known: Vec<&str> = prompts.named.keys().map(String::as_str).collect();
+        known.sort_unstable();
+        return Err(ApiError::UnknownPrompt {
+            name,
+            known: known.join(", "),
+        });
+    };
+    if prompts.excluded_from_pooling {
+        return Err(ApiError::PromptNotPooled(name));
     }
+    Ok(Some(text.clone()))
 }
 
 #[cfg(test)]

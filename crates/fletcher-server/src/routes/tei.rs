@@ -66,7 +66,7 @@ impl TeiOptions<'_> {
             normalize: Some(self.normalize.unwrap_or(true)),
             truncate: self.truncate.unwrap_or(state.settings.auto_truncate),
             truncation_side: truncation_side(self.truncation_direction, "truncation_direction")?,
-            prompt: check_prompt(self.prompt_name)?,
+            prompt: check_prompt(state.engine.embedder().prompts(), self.prompt_name)?,
             dimensions: self.dimensions,
         })
     }
@@ -188,9 +188,15 @@ pub(crate) async fn tokenize(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<TokenizeBody>,
 ) -> Result<Json<Vec<Vec<TokenInfo>>>, ApiError> {
-    let texts = texts_from(request.inputs, "inputs")?;
+    let mut texts = texts_from(request.inputs, "inputs")?;
     check_texts(&texts, "inputs", state.settings.max_client_batch_size)?;
-    check_prompt(request.prompt_name)?;
+    // Offsets are then into the prompt followed by the text, as the model
+    // reads it.
+    if let Some(prompt) = check_prompt(state.engine.embedder().prompts(), request.prompt_name)? {
+        for text in &mut texts {
+            text.insert_str(0, &prompt);
+        }
+    }
     let side = truncation_side(
         request.truncation_direction.as_deref(),
         "truncation_direction",
