@@ -110,7 +110,7 @@ pub(crate) fn apply_with(isa: Isa, act: Activation, xs: &mut [f32]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2Fma` is only used on CPUs that have AVX2 and FMA.
-        Isa::Avx2Fma => unsafe { apply_avx2(act, xs) },
+        Isa::Avx2Fma | Isa::Avx512 => unsafe { apply_avx2(act, xs) },
         _ => apply_slice::<simd::Portable>(act, xs),
     }
 }

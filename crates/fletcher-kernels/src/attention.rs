@@ -1,20 +1,27 @@
 //! Multi-head self-attention over ragged batches.
 //!
-//! Work is split over `(sequence, head)` pairs on the current rayon pool.
-//! For one pair the keys are gathered transposed (`d x L`) and the values
-//! row-major (`L x d`) into thread-local scratch padded to whole vectors;
-//! scores are computed for up to 6 queries by 16 keys at a time with
-//! broadcast multiply-adds (a 6 x 16 register tile, like the GEMM
-//! micro-kernel, so the 12 accumulators stay in the 16 vector registers),
-//! the softmax subtracts the row maximum, and the context is `P · V`, 6
-//! queries by 16 columns at a time, scaled by `1 / sum` at the end. Everything a pair
-//! computes depends on its own sequence only (its length sets the padding),
-//! so results are bitwise independent of the rest of the batch.
+//! Work is split on the current rayon pool over sequences (all heads of one
+//! sequence a job) when there are enough of them to keep every thread busy,
+//! and over `(sequence, head)` pairs when there are few. An all-heads job
+//! first streams its sequence's rows into L2: the projections of a large
+//! batch do not fit in cache, and one head's 128-byte slices of 4.5 KiB rows
+//! are a pattern the memory system serves several times slower than a
+//! front-to-back read. For one head the keys are gathered transposed
+//! (`d x L`) and the values row-major (`L x d`) into thread-local scratch
+//! padded to whole vectors, with the next rows prefetched; scores are
+//! computed for up to 6 queries by 16 keys at a time with broadcast
+//! multiply-adds (a 6 x 16 register tile, like the GEMM micro-kernel, so the
+//! 12 accumulators stay in the 16 vector registers), the softmax subtracts
+//! the row maximum, and the context is `P · V`, 6 queries by 16 columns at a
+//! time, scaled by `1 / sum` at the end. Everything a head computes depends
+//! on its own sequence only (its length sets the padding), so results are
+//! bitwise independent of the rest of the batch and of how jobs are cut.
 
 use crate::cpu::{self, Isa};
 use crate::simd::{self, F32x8};
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::ops::Range;
 
 /// Queries handled together (rows of the register tile).
 const QB: usize = 6;
@@ -91,19 +98,25 @@ pub(crate) fn run(isa: Isa, qkv: &[f32], cu: &[usize], heads: usize, d: usize, o
         scale: 1.0 / (d as f32).sqrt(),
     };
     let seqs = cu.len() - 1;
-    let pairs = seqs * heads;
+    let threads = rayon::current_num_threads();
+    // With enough sequences to keep every thread busy, a job takes all the
+    // heads of one sequence and reads its rows once, front to back; with
+    // few, a job is one (sequence, head) pair.
+    let group = if seqs >= 4 * threads { heads } else { 1 };
+    let jobs = seqs * (heads / group);
     let o = Out(out.as_mut_ptr());
-    let job = |pair: usize| {
-        let (s, h) = (pair / heads, pair % heads);
+    let job = |jb: usize| {
+        let (s, g) = (jb / (heads / group), jb % (heads / group));
         let (start, len) = (cu[s], cu[s + 1] - cu[s]);
         if len == 0 {
             return;
         }
+        let hs = g * group..(g + 1) * group;
         SCRATCH.with(|sc| {
             let mut sc = sc.borrow_mut();
             // SAFETY: rows `start..start+len` lie in `qkv` and `out` (checked
-            // above); this pair alone writes columns `h*d..(h+1)*d` of them.
-            unsafe { pair_with(isa, qkv, start, len, h, shape, o.ptr(), &mut sc) }
+            // above); this job alone writes the columns of heads `hs`.
+            unsafe { heads_with(isa, qkv, start, len, hs, shape, o.ptr(), &mut sc) }
         });
     };
     let work: usize = cu
@@ -111,22 +124,22 @@ pub(crate) fn run(isa: Isa, qkv: &[f32], cu: &[usize], heads: usize, d: usize, o
         .map(|w| (w[1] - w[0]) * (w[1] - w[0]))
         .sum::<usize>()
         * hidden;
-    if rayon::current_num_threads() == 1 || work < 1 << 16 {
-        (0..pairs).for_each(job);
+    if threads == 1 || work < 1 << 16 {
+        (0..jobs).for_each(job);
     } else {
-        (0..pairs).into_par_iter().for_each(job);
+        (0..jobs).into_par_iter().for_each(job);
     }
 }
 
 /// # Safety
-/// As [`pair`]; `isa` must be supported by the CPU.
+/// As [`heads`]; `isa` must be supported by the CPU.
 #[allow(clippy::too_many_arguments)]
-unsafe fn pair_with(
+unsafe fn heads_with(
     isa: Isa,
     qkv: &[f32],
     start: usize,
     len: usize,
-    h: usize,
+    hs: Range<usize>,
     shape: Shape,
     out: *mut f32,
     sc: &mut Scratch,
@@ -134,86 +147,164 @@ unsafe fn pair_with(
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: forwarded from the caller.
-        Isa::Avx2Fma => unsafe { pair_avx2(qkv, start, len, h, shape, out, sc) },
+        Isa::Avx2Fma | Isa::Avx512 => unsafe { heads_avx2(qkv, start, len, hs, shape, out, sc) },
         // SAFETY: forwarded from the caller.
-        _ => unsafe { pair::<simd::Portable>(qkv, start, len, h, shape, out, sc) },
+        _ => unsafe { heads::<simd::Portable>(qkv, start, len, hs, shape, out, sc) },
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pair_avx2(
+unsafe fn heads_avx2(
     qkv: &[f32],
     start: usize,
     len: usize,
-    h: usize,
+    hs: Range<usize>,
     shape: Shape,
     out: *mut f32,
     sc: &mut Scratch,
 ) {
     // SAFETY: forwarded from the caller.
-    unsafe { pair::<simd::Avx2>(qkv, start, len, h, shape, out, sc) }
+    unsafe { heads::<simd::Avx2>(qkv, start, len, hs, shape, out, sc) }
 }
 
-/// Attention of head `h` of the sequence of rows `start..start+len`.
+/// Rows ahead of the one being gathered whose query, key and value of the
+/// head are fetched.
+const PREFETCH_ROWS: usize = 4;
+
+/// Asks the CPU to bring every cache line of `xs` towards the core: into L1
+/// with `L1`, else into L2.
+#[inline(always)]
+fn prefetch<const L1: bool>(xs: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in xs.chunks(16) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+        // SAFETY: a prefetch has no architectural effect and `line` is a
+        // valid address.
+        unsafe {
+            if L1 {
+                _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
+            } else {
+                _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast());
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = xs;
+}
+
+/// Gathers head `h` of the sequence of rows `start..start+len`: the keys
+/// transposed (`d x lp`) into `sc.kt` and the values (`len x dp`) into
+/// `sc.v`, zero padded.
+fn gather(qkv: &[f32], start: usize, len: usize, h: usize, shape: Shape, sc: &mut Scratch) {
+    let Shape { hidden, d, .. } = shape;
+    let stride = 3 * hidden;
+    let (lp, dp) = (len.next_multiple_of(8), d.next_multiple_of(8));
+    sc.kt.clear();
+    sc.kt.resize(d * lp, 0.0);
+    sc.v.clear();
+    sc.v.resize(len * dp, 0.0);
+    for j in 0..len {
+        if j + PREFETCH_ROWS < len {
+            let ahead = &qkv[(start + j + PREFETCH_ROWS) * stride..][..stride];
+            for part in 0..3 {
+                prefetch::<true>(&ahead[part * hidden + h * d..][..d]);
+            }
+        }
+        let row = &qkv[(start + j) * stride..][..stride];
+        for (c, &k) in row[hidden + h * d..][..d].iter().enumerate() {
+            sc.kt[c * lp + j] = k;
+        }
+        let v = &row[2 * hidden + h * d..][..d];
+        for (dst, &x) in sc.v[j * dp..][..d].iter_mut().zip(v) {
+            *dst = x;
+        }
+    }
+}
+
+/// Attention of heads `hs` of the sequence of rows `start..start+len`, one
+/// head after the other.
+///
+/// With more than one head, the sequence's rows are first fetched into L2
+/// front to back (a stream the memory system serves far faster than the
+/// strided reads of one head's columns).
 ///
 /// # Safety
 /// Those rows must lie in `qkv` (`[_, 3 * hidden]`) and in `out`
-/// (`[_, hidden]`), and no other thread may write their head-`h` columns.
+/// (`[_, hidden]`), and no other thread may write their columns of heads
+/// `hs`.
 #[inline(always)]
-unsafe fn pair<V: F32x8>(
+unsafe fn heads<V: F32x8>(
     qkv: &[f32],
     start: usize,
     len: usize,
-    h: usize,
+    hs: Range<usize>,
     shape: Shape,
     out: *mut f32,
     sc: &mut Scratch,
 ) {
     let Shape { hidden, d, scale } = shape;
     let stride = 3 * hidden;
-    let lp = len.next_multiple_of(8);
-    let dp = d.next_multiple_of(8);
-    // Gather K transposed (d x lp) and V (len x dp), zero padded.
-    sc.kt.clear();
-    sc.kt.resize(d * lp, 0.0);
-    sc.v.clear();
-    sc.v.resize(len * dp, 0.0);
+    let (lp, dp) = (len.next_multiple_of(8), d.next_multiple_of(8));
+    if hs.len() > 1 {
+        prefetch::<false>(&qkv[start * stride..(start + len) * stride]);
+    }
     sc.p.clear();
     sc.p.resize(QB * lp, 0.0);
-    for j in 0..len {
-        let row = &qkv[(start + j) * stride..][..stride];
-        let k = &row[hidden + h * d..][..d];
-        for (c, &kv) in k.iter().enumerate() {
-            sc.kt[c * lp + j] = kv;
-        }
-        sc.v[j * dp..][..d].copy_from_slice(&row[2 * hidden + h * d..][..d]);
-    }
-    let q_at = |i: usize| qkv[(start + i) * stride + h * d..].as_ptr();
-    let mut i = 0;
-    while i < len {
-        let qb = QB.min(len - i);
-        // SAFETY: the scratch buffers have the extents set above, the
-        // queries lie in `qkv`, and the caller owns the output cells.
-        unsafe {
-            let o = out.add((start + i) * hidden + h * d);
-            macro_rules! go {
-                ($b:literal) => {{
-                    let inv = block::<V, $b>(&q_at, i, len, lp, d, scale, sc);
-                    context::<V, $b>(sc, inv, len, lp, d, dp, hidden, o);
-                }};
+    for h in hs {
+        gather(qkv, start, len, h, shape, sc);
+        let q_at = |i: usize| qkv[(start + i) * stride + h * d..].as_ptr();
+        let (kt, v, p) = (sc.kt.as_ptr(), sc.v.as_ptr(), sc.p.as_mut_ptr());
+        let mut i = 0;
+        while i < len {
+            let qb = QB.min(len - i);
+            // SAFETY: `kt`, `v` and `p` have the extents set above, the
+            // queries lie in `qkv`, and the caller owns the output cells.
+            unsafe {
+                let o = out.add((start + i) * hidden + h * d);
+                let t = Tile {
+                    kt,
+                    v,
+                    p,
+                    len,
+                    lp,
+                    d,
+                    dp,
+                };
+                macro_rules! go {
+                    ($b:literal) => {{
+                        let inv = block::<V, $b>(&q_at, i, t, scale);
+                        context::<V, $b>(t, inv, hidden, o);
+                    }};
+                }
+                match qb {
+                    6 => go!(6),
+                    5 => go!(5),
+                    4 => go!(4),
+                    3 => go!(3),
+                    2 => go!(2),
+                    _ => go!(1),
+                }
             }
-            match qb {
-                6 => go!(6),
-                5 => go!(5),
-                4 => go!(4),
-                3 => go!(3),
-                2 => go!(2),
-                _ => go!(1),
-            }
+            i += qb;
         }
-        i += qb;
     }
+}
+
+/// The gathered keys and values of one head and the probability rows of one
+/// block of queries, with their extents.
+#[derive(Clone, Copy)]
+struct Tile {
+    /// `d x lp`, keys transposed.
+    kt: *const f32,
+    /// `len x dp`.
+    v: *const f32,
+    /// `QB x lp`.
+    p: *mut f32,
+    len: usize,
+    lp: usize,
+    d: usize,
+    dp: usize,
 }
 
 /// Scores and softmax of queries `i..i+B`, leaving unnormalized
@@ -221,22 +312,20 @@ unsafe fn pair<V: F32x8>(
 /// `1 / sum`.
 ///
 /// # Safety
-/// `q_at(i + b)` must point at `d` readable floats; buffers as in [`pair`].
+/// `q_at(i + b)` must point at `d` readable floats; `t` as in [`heads`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn block<V: F32x8, const B: usize>(
     q_at: &impl Fn(usize) -> *const f32,
     i: usize,
-    len: usize,
-    lp: usize,
-    d: usize,
+    t: Tile,
     scale: f32,
-    sc: &mut Scratch,
 ) -> [f32; B] {
+    let Tile {
+        kt, p, len, lp, d, ..
+    } = t;
     let mut inv = [0.0f32; B];
     let q: [*const f32; B] = std::array::from_fn(|b| q_at(i + b));
-    let kt = sc.kt.as_ptr();
-    let p = sc.p.as_mut_ptr();
     let vscale = V::splat(scale);
     // SAFETY: `kt` is `d x lp`, `p` is `QB x lp`, `q[b]` has `d` floats.
     unsafe {
@@ -301,21 +390,20 @@ unsafe fn block<V: F32x8, const B: usize>(
 /// output row `b` starts at `o + b * hidden`.
 ///
 /// # Safety
-/// Buffers as in [`pair`]; `o` must point at `B` writable rows of `d`
+/// `t` as in [`heads`]; `o` must point at `B` writable rows of `d`
 /// floats with stride `hidden`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn context<V: F32x8, const B: usize>(
-    sc: &Scratch,
-    inv: [f32; B],
-    len: usize,
-    lp: usize,
-    d: usize,
-    dp: usize,
-    hidden: usize,
-    o: *mut f32,
-) {
-    let (p, v) = (sc.p.as_ptr(), sc.v.as_ptr());
+unsafe fn context<V: F32x8, const B: usize>(t: Tile, inv: [f32; B], hidden: usize, o: *mut f32) {
+    let Tile {
+        kt: _,
+        v,
+        p,
+        len,
+        lp,
+        d,
+        dp,
+    } = t;
     let store = |acc: V, b: usize, c0: usize| {
         let r = acc.mul(V::splat(inv[b]));
         // SAFETY: `c0 < d`; a full vector is stored only when it fits in the

@@ -68,7 +68,7 @@ fn rows_with(
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2Fma` is only used on CPUs that have AVX2 and FMA.
-        Isa::Avx2Fma => unsafe { rows_avx2(x, residual, gamma, beta, eps) },
+        Isa::Avx2Fma | Isa::Avx512 => unsafe { rows_avx2(x, residual, gamma, beta, eps) },
         _ => rows_generic::<simd::Portable>(x, residual, gamma, beta, eps),
     }
 }

@@ -20,7 +20,7 @@ use std::ops::Range;
 /// `a` must hold `kc * MR` floats, `b` `kc * NR`, and `c` must be an
 /// `MR x NR` tile with row stride `ldc`; `bias` (when given) `NR` floats.
 #[inline(always)]
-unsafe fn micro<V: F32x8>(
+pub(crate) unsafe fn micro<V: F32x8>(
     kc: usize,
     a: *const f32,
     b: *const f32,

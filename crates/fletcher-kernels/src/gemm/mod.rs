@@ -14,6 +14,8 @@
 //! block sizes change that chain, so a row's result is the same bits however
 //! it is batched.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod kernel;
 mod pack;
 
@@ -168,6 +170,9 @@ unsafe fn run_task(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: forwarded from the caller.
         Isa::Avx2Fma => unsafe { kernel::task_avx2(p, rows, panels, s) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: forwarded from the caller.
+        Isa::Avx512 => unsafe { avx512::task_avx512(p, rows, panels, s) },
         // SAFETY: forwarded from the caller.
         _ => unsafe { kernel::task_portable(p, rows, panels, s) },
     }

@@ -78,6 +78,8 @@ fn fixed_shapes_match_reference() {
     check(&[33, 64, 7], 2, 64, 3.0, 4, 2).unwrap();
     check(&[9, 40], 3, 20, 1.0, 5, 2).unwrap();
     check(&[0, 3, 0], 2, 8, 1.0, 6, 2).unwrap();
+    // Enough sequences for a job to take every head of one.
+    check(&[7, 30, 1, 12, 0, 5, 64, 9, 3, 20], 3, 16, 2.0, 7, 2).unwrap();
 }
 
 #[test]
@@ -103,6 +105,9 @@ fn sequences_are_independent_bitwise() {
                 (&[3usize, 40][..], 2),
                 (&[1, 1, 200, 9][..], 3),
                 (&[64; 6][..], 2),
+                // Enough sequences for the all-heads jobs.
+                (&[64, 3, 17, 1, 90, 8, 30, 2, 11][..], 2),
+                (&[5; 12][..], 3),
             ] {
                 let pos = rng.below(others.len() + 1);
                 let mut lens = others.to_vec();

@@ -70,6 +70,8 @@ fn fixed_shapes_match_reference() {
         (37, 800, 33),
         (200, 64, 100),
         (6, 16, 16),
+        (24, 400, 64),
+        (41, 1536, 80),
     ] {
         for (i, act) in ALL_ACTS.into_iter().enumerate() {
             check(m, k, n, act, (m * 1000 + k + n + i) as u64, 2).unwrap();
@@ -165,7 +167,9 @@ fn fused_epilogue_is_apply() {
     }
 }
 
-/// Every code path gives the same bits when each has fused multiply-add.
+/// Every code path gives the same bits when each has fused multiply-add:
+/// shapes with whole and cut 12 x 32 tiles, an odd panel at the end, and `k`
+/// spanning several blocks, with bias and every activation.
 #[test]
 fn paths_with_fma_agree() {
     let paths: Vec<_> = isas()
@@ -176,15 +180,29 @@ fn paths_with_fma_agree() {
         return;
     }
     let mut rng = Rng::new(3);
-    let (m, k, n) = (9, 77, 40);
-    let (x, w) = (rng.vec(m * k, 1.0), rng.vec(n * k, 1.0));
-    let lin = PackedLinear::new(&w, None, n, k);
-    let mut first = vec![0.0; m * n];
-    lin.forward_with(paths[0], &x, m, &mut first, Activation::Identity);
-    for &isa in &paths[1..] {
-        let mut y = vec![0.0; m * n];
-        lin.forward_with(isa, &x, m, &mut y, Activation::Identity);
-        assert_eq!(y, first, "{isa:?}");
+    for (m, k, n, threads) in [
+        (9, 77, 40, 1),
+        (29, 400, 72, 2),
+        (48, 1536, 96, 2),
+        (13, 384, 1152, 3),
+    ] {
+        let (x, w, b) = (rng.vec(m * k, 1.0), rng.vec(n * k, 0.5), rng.vec(n, 1.0));
+        let lin = PackedLinear::new(&w, Some(&b), n, k);
+        for act in ALL_ACTS {
+            let mut first = vec![0.0; m * n];
+            in_pool(threads, || {
+                lin.forward_with(paths[0], &x, m, &mut first, act)
+            });
+            for &isa in &paths[1..] {
+                let mut y = vec![0.0; m * n];
+                in_pool(threads, || lin.forward_with(isa, &x, m, &mut y, act));
+                let same = y
+                    .iter()
+                    .zip(&first)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{isa:?} against {:?}: {m}x{k}x{n} {act:?}", paths[0]);
+            }
+        }
     }
 }
 
