@@ -27,9 +27,12 @@ for round in $(seq 1 "$rounds"); do
   for corpus in "corpus-pypi-20k.jsonl 4000" "corpus-pydoc-4k.jsonl 600"; do
     set -- $corpus
     echo "== round $round: $1, first $2 texts"
-    f=$(target/release/fletcher bench --model "$model" --input "$bench/$1" --limit "$2" --threads 2 | tee /dev/stderr)
-    st=$("$venv/bin/python" "$bench/bench_st.py" "$model" "$bench/$1" "$2" | tee /dev/stderr)
-    ort=$("$venv/bin/python" "$bench/bench_ort.py" "$model" "$onnx" "$bench/$1" "$2" | tee /dev/stderr)
+    f=$(target/release/fletcher bench --model "$model" --input "$bench/$1" --limit "$2" --threads 2)
+    echo "$f"
+    st=$("$venv/bin/python" "$bench/bench_st.py" "$model" "$bench/$1" "$2")
+    echo "$st"
+    ort=$("$venv/bin/python" "$bench/bench_ort.py" "$model" "$onnx" "$bench/$1" "$2")
+    echo "$ort"
     f_rate=$(echo "$f" | sed -n 's/^throughput *\([0-9.]*\) texts\/s.*/\1/p')
     st_rate=$(echo "$st" | rate)
     ort_rate=$(echo "$ort" | rate)

@@ -160,7 +160,7 @@ pub(crate) unsafe fn task_avx512(
     if scratch.len() < mblocks * MR * k {
         scratch.resize(mblocks * MR * k, 0.0);
     }
-    pack_a(p.x, k, rows.clone(), scratch);
+    pack_a::<Avx2>(p.x, k, rows.clone(), scratch);
     // Micro-panel pairs whose 2 MR rows all lie inside the matrix.
     let full_pairs = (rows.len() / (2 * MR)).min(mblocks / 2);
     let mut kb = 0;

@@ -105,7 +105,7 @@ pub(crate) unsafe fn task<V: F32x8>(
     if scratch.len() < mblocks * MR * k {
         scratch.resize(mblocks * MR * k, 0.0);
     }
-    pack_a(p.x, k, rows.clone(), scratch);
+    pack_a::<V>(p.x, k, rows.clone(), scratch);
     let mut tmp = [0.0f32; MR * NR];
     let mut kb = 0;
     while kb < k {

@@ -10,6 +10,7 @@
 //! the end of the matrix being zero.
 
 use super::{MR, NR};
+use crate::simd::F32x8;
 
 /// One cache line of floats.
 #[derive(Clone, Copy, Debug)]
@@ -62,17 +63,43 @@ pub(crate) fn pack_b(weight: &[f32], n: usize, k: usize) -> AlignedBuf {
 
 /// Packs rows `rows` of the row-major `[_, k]` matrix `x` into `dst` as
 /// micro-panels of `MR` rows (the last one zero-padded).
-pub(crate) fn pack_a(x: &[f32], k: usize, rows: std::ops::Range<usize>, dst: &mut [f32]) {
+///
+/// Whole micro-panels are transposed 8 columns at a time in registers.
+#[inline(always)]
+pub(crate) fn pack_a<V: F32x8>(x: &[f32], k: usize, rows: std::ops::Range<usize>, dst: &mut [f32]) {
     let m = rows.len();
     let blocks = m.div_ceil(MR);
-    debug_assert!(dst.len() >= blocks * MR * k);
+    assert!(dst.len() >= blocks * MR * k);
     for b in 0..blocks {
         let panel = &mut dst[b * MR * k..][..MR * k];
         let r0 = rows.start + b * MR;
         let valid = MR.min(rows.end - r0);
         if valid == MR {
             let src: [&[f32]; MR] = std::array::from_fn(|i| &x[(r0 + i) * k..][..k]);
-            for (kk, out) in panel.chunks_exact_mut(MR).enumerate() {
+            let mut kk = 0;
+            while kk + 8 <= k {
+                let mut r = [V::splat(0.0); 8];
+                for i in 0..MR {
+                    // SAFETY: `kk + 8 <= k`, the length of `src[i]`.
+                    r[i] = unsafe { V::load(src[i].as_ptr().add(kk)) };
+                }
+                let cols = V::transpose8(r);
+                // Column `j` holds step `kk + j` of the `MR` rows in its
+                // first lanes. Each store writes 8 floats, the last 2 of
+                // which the next one overwrites; the last goes through a
+                // buffer so nothing is written past step `kk + 7`.
+                let out = &mut panel[kk * MR..][..8 * MR];
+                for j in 0..7 {
+                    // SAFETY: `j * MR + 8 <= 6 * MR + 8 <= 8 * MR`.
+                    unsafe { cols[j].store(out.as_mut_ptr().add(j * MR)) };
+                }
+                let mut last = [0.0f32; 8];
+                // SAFETY: `last` holds 8 floats.
+                unsafe { cols[7].store(last.as_mut_ptr()) };
+                out[7 * MR..].copy_from_slice(&last[..MR]);
+                kk += 8;
+            }
+            for (kk, out) in panel.chunks_exact_mut(MR).enumerate().skip(kk) {
                 for i in 0..MR {
                     out[i] = src[i][kk];
                 }
