@@ -1,7 +1,7 @@
 //! Element-wise activation functions named as in Hugging Face configs.
 
 use crate::cpu::Isa;
-use crate::simd::{self, F32x8};
+use crate::simd::{self, Lanes8, SimdF32};
 
 /// An activation applied after a linear layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +51,7 @@ impl Activation {
 
 /// The activation of 8 lanes.
 #[inline(always)]
-pub(crate) fn act_vec<V: F32x8>(act: Activation, x: V) -> V {
+pub(crate) fn act_vec<V: SimdF32>(act: Activation, x: V) -> V {
     match act {
         Activation::Identity => x,
         Activation::Gelu => simd::gelu_erf(x),
@@ -64,7 +64,7 @@ pub(crate) fn act_vec<V: F32x8>(act: Activation, x: V) -> V {
 
 /// Applies `act` to `regs` in place, with the match outside the loop.
 #[inline(always)]
-pub(crate) fn act_regs<V: F32x8>(act: Activation, regs: &mut [V]) {
+pub(crate) fn act_regs<V: SimdF32>(act: Activation, regs: &mut [V]) {
     macro_rules! each {
         ($f:expr) => {
             for r in regs.iter_mut() {
@@ -83,7 +83,7 @@ pub(crate) fn act_regs<V: F32x8>(act: Activation, regs: &mut [V]) {
 }
 
 #[inline(always)]
-fn apply_slice<V: F32x8>(act: Activation, xs: &mut [f32]) {
+fn apply_slice<V: Lanes8>(act: Activation, xs: &mut [f32]) {
     let mut chunks = xs.chunks_exact_mut(8);
     for c in &mut chunks {
         // SAFETY: `c` holds exactly 8 floats.

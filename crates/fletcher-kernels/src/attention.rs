@@ -9,16 +9,20 @@
 //! front-to-back read. For one head the keys are gathered transposed
 //! (`d x L`) and the values row-major (`L x d`) into thread-local scratch
 //! padded to whole vectors, with the next rows prefetched; scores are
-//! computed for up to 6 queries by 16 keys at a time with broadcast
-//! multiply-adds (a 6 x 16 register tile, like the GEMM micro-kernel, so the
-//! 12 accumulators stay in the 16 vector registers), the softmax subtracts
-//! the row maximum, and the context is `P · V`, 6 queries by 16 columns at a
-//! time, scaled by `1 / sum` at the end. Everything a head computes depends
+//! computed for up to 6 queries by 2 vectors of keys at a time with
+//! broadcast multiply-adds (a register tile like the GEMM micro-kernel's: 12
+//! accumulators, which fit the 16 AVX2 registers), the softmax subtracts the
+//! row maximum, and the context is `P · V`, 6 queries by 2 vectors of
+//! columns at a time, scaled by `1 / sum` at the end. With AVX-512 the
+//! vectors have 16 lanes (a 32-wide head is one tile across), otherwise 8.
+//! Each output element is a multiply-add chain in key order, so the two
+//! paths agree to rounding but not bit for bit (their padding and the order
+//! of the softmax sums differ). Everything a head computes depends
 //! on its own sequence only (its length sets the padding), so results are
 //! bitwise independent of the rest of the batch and of how jobs are cut.
 
 use crate::cpu::{self, Isa};
-use crate::simd::{self, F32x8};
+use crate::simd::{self, SimdF32, MAX_LANES};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::ops::Range;
@@ -147,7 +151,10 @@ unsafe fn heads_with(
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: forwarded from the caller.
-        Isa::Avx2Fma | Isa::Avx512 => unsafe { heads_avx2(qkv, start, len, hs, shape, out, sc) },
+        Isa::Avx2Fma => unsafe { heads_avx2(qkv, start, len, hs, shape, out, sc) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: forwarded from the caller.
+        Isa::Avx512 => unsafe { heads_avx512(qkv, start, len, hs, shape, out, sc) },
         // SAFETY: forwarded from the caller.
         _ => unsafe { heads::<simd::Portable>(qkv, start, len, hs, shape, out, sc) },
     }
@@ -166,6 +173,21 @@ unsafe fn heads_avx2(
 ) {
     // SAFETY: forwarded from the caller.
     unsafe { heads::<simd::Avx2>(qkv, start, len, hs, shape, out, sc) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn heads_avx512(
+    qkv: &[f32],
+    start: usize,
+    len: usize,
+    hs: Range<usize>,
+    shape: Shape,
+    out: *mut f32,
+    sc: &mut Scratch,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe { heads::<simd::Avx512>(qkv, start, len, hs, shape, out, sc) }
 }
 
 /// Rows ahead of the one being gathered whose query, key and value of the
@@ -195,11 +217,20 @@ fn prefetch<const L1: bool>(xs: &[f32]) {
 
 /// Gathers head `h` of the sequence of rows `start..start+len`: the keys
 /// transposed (`d x lp`) into `sc.kt` and the values (`len x dp`) into
-/// `sc.v`, zero padded.
-fn gather(qkv: &[f32], start: usize, len: usize, h: usize, shape: Shape, sc: &mut Scratch) {
+/// `sc.v`, zero padded (`lp` and `dp` are `len` and `d` rounded up to whole
+/// vectors).
+#[allow(clippy::too_many_arguments)]
+fn gather(
+    qkv: &[f32],
+    start: usize,
+    len: usize,
+    h: usize,
+    shape: Shape,
+    (lp, dp): (usize, usize),
+    sc: &mut Scratch,
+) {
     let Shape { hidden, d, .. } = shape;
     let stride = 3 * hidden;
-    let (lp, dp) = (len.next_multiple_of(8), d.next_multiple_of(8));
     sc.kt.clear();
     sc.kt.resize(d * lp, 0.0);
     sc.v.clear();
@@ -234,7 +265,7 @@ fn gather(qkv: &[f32], start: usize, len: usize, h: usize, shape: Shape, sc: &mu
 /// (`[_, hidden]`), and no other thread may write their columns of heads
 /// `hs`.
 #[inline(always)]
-unsafe fn heads<V: F32x8>(
+unsafe fn heads<V: SimdF32>(
     qkv: &[f32],
     start: usize,
     len: usize,
@@ -245,14 +276,14 @@ unsafe fn heads<V: F32x8>(
 ) {
     let Shape { hidden, d, scale } = shape;
     let stride = 3 * hidden;
-    let (lp, dp) = (len.next_multiple_of(8), d.next_multiple_of(8));
+    let (lp, dp) = (len.next_multiple_of(V::LANES), d.next_multiple_of(V::LANES));
     if hs.len() > 1 {
         prefetch::<false>(&qkv[start * stride..(start + len) * stride]);
     }
     sc.p.clear();
     sc.p.resize(QB * lp, 0.0);
     for h in hs {
-        gather(qkv, start, len, h, shape, sc);
+        gather(qkv, start, len, h, shape, (lp, dp), sc);
         let q_at = |i: usize| qkv[(start + i) * stride + h * d..].as_ptr();
         let (kt, v, p) = (sc.kt.as_ptr(), sc.v.as_ptr(), sc.p.as_mut_ptr());
         let mut i = 0;
@@ -315,7 +346,7 @@ struct Tile {
 /// `q_at(i + b)` must point at `d` readable floats; `t` as in [`heads`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn block<V: F32x8, const B: usize>(
+unsafe fn block<V: SimdF32, const B: usize>(
     q_at: &impl Fn(usize) -> *const f32,
     i: usize,
     t: Tile,
@@ -327,15 +358,16 @@ unsafe fn block<V: F32x8, const B: usize>(
     let mut inv = [0.0f32; B];
     let q: [*const f32; B] = std::array::from_fn(|b| q_at(i + b));
     let vscale = V::splat(scale);
+    let l = V::LANES;
     // SAFETY: `kt` is `d x lp`, `p` is `QB x lp`, `q[b]` has `d` floats.
     unsafe {
         let mut j = 0;
         // 2 vectors of keys at a time, then 1.
-        while j + 16 <= lp {
+        while j + 2 * l <= lp {
             let mut acc = [[V::splat(0.0); 2]; B];
             for c in 0..d {
                 let kr = kt.add(c * lp + j);
-                let k = [V::load(kr), V::load(kr.add(8))];
+                let k = [V::load(kr), V::load(kr.add(l))];
                 for b in 0..B {
                     let qv = V::broadcast(q[b].add(c));
                     for u in 0..2 {
@@ -345,10 +377,10 @@ unsafe fn block<V: F32x8, const B: usize>(
             }
             for b in 0..B {
                 for u in 0..2 {
-                    acc[b][u].mul(vscale).store(p.add(b * lp + j + 8 * u));
+                    acc[b][u].mul(vscale).store(p.add(b * lp + j + l * u));
                 }
             }
-            j += 16;
+            j += 2 * l;
         }
         while j < lp {
             let mut acc = [V::splat(0.0); B];
@@ -361,7 +393,7 @@ unsafe fn block<V: F32x8, const B: usize>(
             for b in 0..B {
                 acc[b].mul(vscale).store(p.add(b * lp + j));
             }
-            j += 8;
+            j += l;
         }
         // Softmax numerators per query row; padded keys get probability 0.
         for b in 0..B {
@@ -370,12 +402,12 @@ unsafe fn block<V: F32x8, const B: usize>(
                 *row.add(jj) = f32::NEG_INFINITY;
             }
             let mut mx = V::splat(f32::NEG_INFINITY);
-            for jj in (0..lp).step_by(8) {
+            for jj in (0..lp).step_by(l) {
                 mx = mx.max(V::load(row.add(jj)));
             }
             let m = V::splat(mx.hmax());
             let mut s = V::splat(0.0);
-            for jj in (0..lp).step_by(8) {
+            for jj in (0..lp).step_by(l) {
                 let e = simd::exp(V::load(row.add(jj)).sub(m));
                 e.store(row.add(jj));
                 s = s.add(e);
@@ -394,7 +426,7 @@ unsafe fn block<V: F32x8, const B: usize>(
 /// floats with stride `hidden`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn context<V: F32x8, const B: usize>(t: Tile, inv: [f32; B], hidden: usize, o: *mut f32) {
+unsafe fn context<V: SimdF32, const B: usize>(t: Tile, inv: [f32; B], hidden: usize, o: *mut f32) {
     let Tile {
         kt: _,
         v,
@@ -404,28 +436,29 @@ unsafe fn context<V: F32x8, const B: usize>(t: Tile, inv: [f32; B], hidden: usiz
         d,
         dp,
     } = t;
+    let l = V::LANES;
     let store = |acc: V, b: usize, c0: usize| {
         let r = acc.mul(V::splat(inv[b]));
         // SAFETY: `c0 < d`; a full vector is stored only when it fits in the
         // row, otherwise through a buffer.
         unsafe {
-            if c0 + 8 <= d {
+            if c0 + l <= d {
                 r.store(o.add(b * hidden + c0));
             } else {
-                let mut buf = [0.0f32; 8];
+                let mut buf = [0.0f32; MAX_LANES];
                 r.store(buf.as_mut_ptr());
                 std::ptr::copy_nonoverlapping(buf.as_ptr(), o.add(b * hidden + c0), d - c0);
             }
         }
     };
-    // SAFETY: `p` is `QB x lp`, `v` is `len x dp`, `c0 + 8 * u <= dp`.
+    // SAFETY: `p` is `QB x lp`, `v` is `len x dp`, `c0 + l * u <= dp`.
     unsafe {
         let mut c0 = 0;
-        while c0 + 16 <= dp {
+        while c0 + 2 * l <= dp {
             let mut acc = [[V::splat(0.0); 2]; B];
             for j in 0..len {
                 let vr = v.add(j * dp + c0);
-                let vv = [V::load(vr), V::load(vr.add(8))];
+                let vv = [V::load(vr), V::load(vr.add(l))];
                 for b in 0..B {
                     let pb = V::broadcast(p.add(b * lp + j));
                     for u in 0..2 {
@@ -435,10 +468,10 @@ unsafe fn context<V: F32x8, const B: usize>(t: Tile, inv: [f32; B], hidden: usiz
             }
             for b in 0..B {
                 for u in 0..2 {
-                    store(acc[b][u], b, c0 + 8 * u);
+                    store(acc[b][u], b, c0 + l * u);
                 }
             }
-            c0 += 16;
+            c0 += 2 * l;
         }
         while c0 < dp {
             let mut acc = [V::splat(0.0); B];
@@ -451,7 +484,7 @@ unsafe fn context<V: F32x8, const B: usize>(t: Tile, inv: [f32; B], hidden: usiz
             for b in 0..B {
                 store(acc[b], b, c0);
             }
-            c0 += 8;
+            c0 += l;
         }
     }
 }

@@ -5,8 +5,9 @@ use std::sync::OnceLock;
 /// The code path the kernels take, chosen once per process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Isa {
-    /// 512-bit AVX-512F for the matrix multiply, AVX2 and FMA elsewhere
-    /// (x86-64). Its results have the same bits as [`Isa::Avx2Fma`]'s.
+    /// 512-bit AVX-512F for the matrix multiply and attention, AVX2 and FMA
+    /// elsewhere (x86-64). Its linear layers give the same bits as
+    /// [`Isa::Avx2Fma`]'s; attention agrees with it to rounding.
     Avx512,
     /// 256-bit AVX2 with fused multiply-add (x86-64).
     Avx2Fma,

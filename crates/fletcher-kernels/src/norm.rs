@@ -6,7 +6,7 @@
 //! split into chunks over the current rayon pool.
 
 use crate::cpu::{self, Isa};
-use crate::simd::{self, F32x8};
+use crate::simd::{self, Lanes8};
 use rayon::prelude::*;
 
 /// Rows below this many floats in total are normalized on the calling thread.
@@ -86,7 +86,7 @@ unsafe fn rows_avx2(
 }
 
 #[inline(always)]
-fn rows_generic<V: F32x8>(
+fn rows_generic<V: Lanes8>(
     x: &mut [f32],
     residual: Option<&[f32]>,
     gamma: &[f32],
@@ -110,7 +110,7 @@ fn rows_generic<V: F32x8>(
 
 /// Normalizes one row of `gamma.len()` values.
 #[inline(always)]
-fn row_generic<V: F32x8>(
+fn row_generic<V: Lanes8>(
     row: &mut [f32],
     residual: Option<&[f32]>,
     gamma: &[f32],

@@ -1,5 +1,6 @@
-//! An 8-lane `f32` vector with one implementation per instruction set, and
-//! the vector math (exp, erf, activations) written once on top of it.
+//! An `f32` vector (8 lanes, or 16 with AVX-512) with one implementation per
+//! instruction set, and the vector math (exp, erf, activations) written once
+//! on top of it.
 //!
 //! Every function here is `#[inline(always)]` so that it is compiled inside
 //! the `#[target_feature]` entry point that calls it. Each lane is computed
@@ -9,22 +10,24 @@
 // Fitted coefficients are kept with the digits the fit produced.
 #![allow(clippy::excessive_precision)]
 
-/// Eight `f32` lanes.
+/// `LANES` `f32` lanes.
 ///
 /// # Safety
 ///
 /// Implementors may assume that the CPU supports their instruction set;
 /// their values only exist inside code compiled for it.
-pub(crate) unsafe trait F32x8: Copy {
-    /// Reads 8 values from `p` (any alignment).
+pub(crate) unsafe trait SimdF32: Copy {
+    /// Lanes of the vector, at most [`MAX_LANES`].
+    const LANES: usize;
+    /// Reads `LANES` values from `p` (any alignment).
     ///
     /// # Safety
-    /// `p..p+8` must be readable.
+    /// `p..p+LANES` must be readable.
     unsafe fn load(p: *const f32) -> Self;
-    /// Writes 8 values to `p` (any alignment).
+    /// Writes `LANES` values to `p` (any alignment).
     ///
     /// # Safety
-    /// `p..p+8` must be writable.
+    /// `p..p+LANES` must be writable.
     unsafe fn store(self, p: *mut f32);
     /// All lanes set to `*p`.
     ///
@@ -51,6 +54,14 @@ pub(crate) unsafe trait F32x8: Copy {
     fn hsum(self) -> f32;
     /// Maximum of the lanes.
     fn hmax(self) -> f32;
+}
+
+/// The widest vector any implementation has.
+pub(crate) const MAX_LANES: usize = 16;
+
+/// An 8-lane vector (the code written for exactly 8 lanes takes these),
+/// which can also transpose an 8 x 8 block.
+pub(crate) trait Lanes8: SimdF32 {
     /// The 8 x 8 matrix whose rows are `rows`, transposed: lane `i` of
     /// result `j` is lane `j` of `rows[i]`.
     fn transpose8(rows: [Self; 8]) -> [Self; 8];
@@ -61,7 +72,7 @@ pub(crate) use avx2::Avx2;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::F32x8;
+    use super::SimdF32;
     use std::arch::x86_64::*;
 
     /// A `__m256`; only created by code compiled with AVX2 and FMA.
@@ -72,7 +83,8 @@ mod avx2 {
     // SAFETY: every method uses AVX/AVX2/FMA intrinsics only, and values of
     // this type are only created inside `#[target_feature(enable =
     // "avx2,fma")]` functions entered after runtime detection.
-    unsafe impl F32x8 for Avx2 {
+    unsafe impl SimdF32 for Avx2 {
+        const LANES: usize = 8;
         #[inline(always)]
         unsafe fn load(p: *const f32) -> Self {
             // SAFETY: the caller guarantees 8 readable floats; see impl note.
@@ -187,6 +199,9 @@ mod avx2 {
                 _mm_cvtss_f32(s)
             }
         }
+    }
+
+    impl super::Lanes8 for Avx2 {
         #[inline(always)]
         fn transpose8(r: [Self; 8]) -> [Self; 8] {
             // SAFETY: see impl note.
@@ -223,6 +238,150 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx512::Avx512;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::SimdF32;
+    use std::arch::x86_64::*;
+
+    /// A `__m512`; only created by code compiled with AVX-512F.
+    #[derive(Clone, Copy, Debug)]
+    #[repr(transparent)]
+    pub(crate) struct Avx512(__m512);
+
+    impl Avx512 {
+        /// The low and high 8 lanes.
+        #[inline(always)]
+        fn halves(self) -> (__m256, __m256) {
+            // SAFETY: see the impl note below.
+            unsafe {
+                (
+                    _mm512_castps512_ps256(self.0),
+                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(self.0))),
+                )
+            }
+        }
+    }
+
+    // SAFETY: every method uses AVX-512F (and AVX) intrinsics only, and
+    // values of this type are only created inside `#[target_feature(enable =
+    // "avx512f,avx2,fma")]` functions entered after runtime detection.
+    unsafe impl SimdF32 for Avx512 {
+        const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            // SAFETY: the caller guarantees 16 readable floats; see impl note.
+            unsafe { Self(_mm512_loadu_ps(p)) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            // SAFETY: the caller guarantees 16 writable floats; see impl note.
+            unsafe { _mm512_storeu_ps(p, self.0) }
+        }
+        #[inline(always)]
+        unsafe fn broadcast(p: *const f32) -> Self {
+            // SAFETY: the caller guarantees `p` is readable; see impl note.
+            unsafe { Self(_mm512_set1_ps(*p)) }
+        }
+        #[inline(always)]
+        fn splat(v: f32) -> Self {
+            // SAFETY: see impl note.
+            unsafe { Self(_mm512_set1_ps(v)) }
+        }
+        #[inline(always)]
+        fn add(self, o: Self) -> Self {
+            // SAFETY: see impl note.
+            unsafe { Self(_mm512_add_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn sub(self, o: Self) -> Self {
+            // SAFETY: see impl note.
+            unsafe { Self(_mm512_sub_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn mul(self, o: Self) -> Self {
+            // SAFETY: see impl note.
+            unsafe { Self(_mm512_mul_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn div(self, o: Self) -> Self {
+            // SAFETY: see impl note.
+            unsafe { Self(_mm512_div_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn mul_add(self, b: Self, c: Self) -> Self {
+            // SAFETY: see impl note.
+            unsafe { Self(_mm512_fmadd_ps(self.0, b.0, c.0)) }
+        }
+        #[inline(always)]
+        fn max(self, o: Self) -> Self {
+            // SAFETY: see impl note.
+            unsafe { Self(_mm512_max_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn min(self, o: Self) -> Self {
+            // SAFETY: see impl note.
+            unsafe { Self(_mm512_min_ps(self.0, o.0)) }
+        }
+        #[inline(always)]
+        fn abs(self) -> Self {
+            // SAFETY: see impl note.
+            unsafe { Self(_mm512_abs_ps(self.0)) }
+        }
+        #[inline(always)]
+        fn round(self) -> Self {
+            // SAFETY: see impl note.
+            unsafe {
+                Self(_mm512_roundscale_ps::<
+                    { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+                >(self.0))
+            }
+        }
+        #[inline(always)]
+        fn select_lt(a: Self, b: Self, x: Self, y: Self) -> Self {
+            // SAFETY: see impl note.
+            unsafe {
+                let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a.0, b.0);
+                Self(_mm512_mask_blend_ps(lt, y.0, x.0))
+            }
+        }
+        #[inline(always)]
+        fn exp2i(n: Self) -> Self {
+            // SAFETY: see impl note.
+            unsafe {
+                let e = _mm512_add_epi32(_mm512_cvtps_epi32(n.0), _mm512_set1_epi32(127));
+                Self(_mm512_castsi512_ps(_mm512_slli_epi32::<23>(e)))
+            }
+        }
+        #[inline(always)]
+        fn hsum(self) -> f32 {
+            // SAFETY: see impl note.
+            unsafe {
+                let (lo, hi) = self.halves();
+                let s = _mm256_add_ps(lo, hi);
+                let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+                _mm_cvtss_f32(s)
+            }
+        }
+        #[inline(always)]
+        fn hmax(self) -> f32 {
+            // SAFETY: see impl note.
+            unsafe {
+                let (lo, hi) = self.halves();
+                let s = _mm256_max_ps(lo, hi);
+                let s = _mm_max_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+                let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+                let s = _mm_max_ss(s, _mm_shuffle_ps::<1>(s, s));
+                _mm_cvtss_f32(s)
+            }
+        }
+    }
+}
+
 /// Eight lanes in plain Rust, for CPUs without a dedicated path.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Portable([f32; 8]);
@@ -243,7 +402,8 @@ impl Portable {
 }
 
 // SAFETY: plain Rust, valid on every CPU.
-unsafe impl F32x8 for Portable {
+unsafe impl SimdF32 for Portable {
+    const LANES: usize = 8;
     #[inline(always)]
     unsafe fn load(p: *const f32) -> Self {
         // SAFETY: the caller guarantees 8 readable floats.
@@ -326,6 +486,9 @@ unsafe impl F32x8 for Portable {
     fn hmax(self) -> f32 {
         self.0.into_iter().fold(f32::NEG_INFINITY, f32::max)
     }
+}
+
+impl Lanes8 for Portable {
     #[inline(always)]
     fn transpose8(rows: [Self; 8]) -> [Self; 8] {
         std::array::from_fn(|j| Self(std::array::from_fn(|i| rows[i].0[j])))
@@ -334,7 +497,7 @@ unsafe impl F32x8 for Portable {
 
 /// `p[0] + x * (p[1] + x * (...))`.
 #[inline(always)]
-fn horner<V: F32x8>(x: V, p: &[f32]) -> V {
+fn horner<V: SimdF32>(x: V, p: &[f32]) -> V {
     let mut acc = V::splat(p[p.len() - 1]);
     for &c in p[..p.len() - 1].iter().rev() {
         acc = acc.mul_add(x, V::splat(c));
@@ -345,7 +508,7 @@ fn horner<V: F32x8>(x: V, p: &[f32]) -> V {
 /// `e^x`, within about 2 ulp for `x` in `[-87.3, 88]`; 0 below that range,
 /// `e^88` above it.
 #[inline(always)]
-pub(crate) fn exp<V: F32x8>(x: V) -> V {
+pub(crate) fn exp<V: SimdF32>(x: V) -> V {
     const LO: f32 = -87.3;
     let xc = x.max(V::splat(LO)).min(V::splat(88.0));
     let n = xc.mul(V::splat(std::f32::consts::LOG2_E)).round();
@@ -387,7 +550,7 @@ const ERFC_POW16: [f32; 7] = [
 /// inverted: no exponential and no branch, a third of the work of splitting
 /// the range.
 #[inline(always)]
-pub(crate) fn gelu_erf<V: F32x8>(x: V) -> V {
+pub(crate) fn gelu_erf<V: SimdF32>(x: V) -> V {
     let ax = x.abs();
     let z = ax.mul(V::splat(std::f32::consts::FRAC_1_SQRT_2));
     let q = horner(z, &ERFC_POW16);
@@ -401,21 +564,21 @@ pub(crate) fn gelu_erf<V: F32x8>(x: V) -> V {
 /// `x / (1 + e^t)`, 0 once `e^t` passes `e^88` (where the quotient is
 /// below `|x| * 6e-39` anyway).
 #[inline(always)]
-fn x_over_1p_exp<V: F32x8>(x: V, t: V) -> V {
+fn x_over_1p_exp<V: SimdF32>(x: V, t: V) -> V {
     let r = x.div(exp(t).add(V::splat(1.0)));
     V::select_lt(t, V::splat(88.0), r, V::splat(0.0))
 }
 
 /// `x * sigmoid(k x)` as `x / (1 + e^(-k x))`.
 #[inline(always)]
-fn x_sigmoid<V: F32x8>(x: V, k: f32) -> V {
+fn x_sigmoid<V: SimdF32>(x: V, k: f32) -> V {
     x_over_1p_exp(x, x.mul(V::splat(-k)))
 }
 
 /// The tanh approximation of GELU, `x/2 (1 + tanh(u))`, computed as the
 /// identical `x * sigmoid(2u)`.
 #[inline(always)]
-pub(crate) fn gelu_tanh<V: F32x8>(x: V) -> V {
+pub(crate) fn gelu_tanh<V: SimdF32>(x: V) -> V {
     const C: f32 = 0.797_884_6; // sqrt(2/pi)
     let x2 = x.mul(x);
     let u = x.mul(V::splat(0.044_715 * C).mul_add(x2, V::splat(C)));
@@ -423,17 +586,17 @@ pub(crate) fn gelu_tanh<V: F32x8>(x: V) -> V {
 }
 
 #[inline(always)]
-pub(crate) fn silu<V: F32x8>(x: V) -> V {
+pub(crate) fn silu<V: SimdF32>(x: V) -> V {
     x_sigmoid(x, 1.0)
 }
 
 #[inline(always)]
-pub(crate) fn quick_gelu<V: F32x8>(x: V) -> V {
+pub(crate) fn quick_gelu<V: SimdF32>(x: V) -> V {
     x_sigmoid(x, 1.702)
 }
 
 #[inline(always)]
-pub(crate) fn relu<V: F32x8>(x: V) -> V {
+pub(crate) fn relu<V: SimdF32>(x: V) -> V {
     x.max(V::splat(0.0))
 }
 
@@ -441,14 +604,14 @@ pub(crate) fn relu<V: F32x8>(x: V) -> V {
 #[cfg(test)]
 pub(crate) fn tests_exp(isa: crate::Isa, xs: &mut [f32]) {
     #[inline(always)]
-    fn go<V: F32x8>(xs: &mut [f32]) {
-        for c in xs.chunks_exact_mut(8) {
-            // SAFETY: `c` holds 8 floats.
+    fn go<V: SimdF32>(xs: &mut [f32]) {
+        for c in xs.chunks_exact_mut(V::LANES) {
+            // SAFETY: `c` holds `LANES` floats.
             unsafe { exp(V::load(c.as_ptr())).store(c.as_mut_ptr()) }
         }
-        for x in xs.chunks_exact_mut(8).into_remainder() {
-            let mut b = [*x; 8];
-            // SAFETY: `b` holds 8 floats.
+        for x in xs.chunks_exact_mut(V::LANES).into_remainder() {
+            let mut b = [*x; MAX_LANES];
+            // SAFETY: `b` holds at least `LANES` floats.
             unsafe { exp(V::load(b.as_ptr())).store(b.as_mut_ptr()) }
             *x = b[0];
         }
@@ -458,10 +621,18 @@ pub(crate) fn tests_exp(isa: crate::Isa, xs: &mut [f32]) {
     unsafe fn go_avx2(xs: &mut [f32]) {
         go::<Avx2>(xs);
     }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn go_avx512(xs: &mut [f32]) {
+        go::<Avx512>(xs);
+    }
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: only listed by `Isa::available` when the CPU has it.
-        crate::Isa::Avx2Fma | crate::Isa::Avx512 => unsafe { go_avx2(xs) },
+        crate::Isa::Avx2Fma => unsafe { go_avx2(xs) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        crate::Isa::Avx512 => unsafe { go_avx512(xs) },
         _ => go::<Portable>(xs),
     }
 }

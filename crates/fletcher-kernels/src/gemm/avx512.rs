@@ -14,7 +14,7 @@ use super::kernel::{micro, Problem};
 use super::pack::pack_a;
 use super::{MR, NR};
 use crate::activation::act_regs;
-use crate::simd::{Avx2, F32x8};
+use crate::simd::{Avx2, SimdF32};
 use crate::Activation;
 use std::arch::x86_64::*;
 use std::ops::Range;

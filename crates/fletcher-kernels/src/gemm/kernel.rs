@@ -1,10 +1,10 @@
 //! The register-tiled micro-kernel and the loop nest around it, written once
-//! over [`F32x8`] and compiled per instruction set.
+//! over [`SimdF32`] and compiled per instruction set.
 
 use super::pack::pack_a;
 use super::{KC, MR, NR};
 use crate::activation::act_regs;
-use crate::simd::F32x8;
+use crate::simd::Lanes8;
 use crate::Activation;
 use std::ops::Range;
 
@@ -20,7 +20,7 @@ use std::ops::Range;
 /// `a` must hold `kc * MR` floats, `b` `kc * NR`, and `c` must be an
 /// `MR x NR` tile with row stride `ldc`; `bias` (when given) `NR` floats.
 #[inline(always)]
-pub(crate) unsafe fn micro<V: F32x8>(
+pub(crate) unsafe fn micro<V: Lanes8>(
     kc: usize,
     a: *const f32,
     b: *const f32,
@@ -94,7 +94,7 @@ unsafe impl Send for Problem<'_> {}
 /// `p.y` must be valid for `[rows.end, n]` and no other thread may touch the
 /// tile; `rows` must lie in `x` and `panels` in `b`.
 #[inline(always)]
-pub(crate) unsafe fn task<V: F32x8>(
+pub(crate) unsafe fn task<V: Lanes8>(
     p: &Problem<'_>,
     rows: Range<usize>,
     panels: Range<usize>,

@@ -10,7 +10,7 @@
 //! the end of the matrix being zero.
 
 use super::{MR, NR};
-use crate::simd::F32x8;
+use crate::simd::Lanes8;
 
 /// One cache line of floats.
 #[derive(Clone, Copy, Debug)]
@@ -66,7 +66,12 @@ pub(crate) fn pack_b(weight: &[f32], n: usize, k: usize) -> AlignedBuf {
 ///
 /// Whole micro-panels are transposed 8 columns at a time in registers.
 #[inline(always)]
-pub(crate) fn pack_a<V: F32x8>(x: &[f32], k: usize, rows: std::ops::Range<usize>, dst: &mut [f32]) {
+pub(crate) fn pack_a<V: Lanes8>(
+    x: &[f32],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    dst: &mut [f32],
+) {
     let m = rows.len();
     let blocks = m.div_ceil(MR);
     assert!(dst.len() >= blocks * MR * k);
