@@ -2,13 +2,13 @@
 # Side-by-side throughput of Fletcher, sentence-transformers and ONNX Runtime
 # on the benchmark corpora, all with 2 threads, in one run.
 #
-# Usage: scripts/bench.sh BENCH_DIR [PEERS_VENV]
+# Usage: [ROUNDS=N] scripts/bench.sh BENCH_DIR [PEERS_VENV]
 #   BENCH_DIR   folder with corpus-pypi-20k.jsonl, corpus-pydoc-4k.jsonl and
 #               the peer scripts bench_st.py, bench_ort.py, export_onnx.py,
 #               latency_peers.py
 #   PEERS_VENV  a venv with torch, sentence-transformers, onnxruntime, onnx
 #               (default /tmp/peers)
-#   ROUNDS      rounds over both corpora (default 2)
+#   ROUNDS      (environment) rounds over both corpora (default 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bench=${1:?usage: scripts/bench.sh BENCH_DIR [PEERS_VENV]}
