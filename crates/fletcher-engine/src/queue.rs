@@ -278,10 +278,19 @@ impl Queue {
         let now = Instant::now();
         let mut sent = false;
         loop {
-            let chosen = self.devices_by_finish(now).into_iter().find_map(|d| {
+            let mut chosen = None;
+            for d in self.devices_by_finish(now) {
                 let picks = self.pick_batch(d, self.budget(d));
-                (!picks.is_empty()).then_some((d, picks))
-            });
+                if picks.is_empty() {
+                    continue;
+                }
+                if self.faster_alone(d, &picks, now) {
+                    self.put_back(&picks);
+                    continue;
+                }
+                chosen = Some((d, picks));
+                break;
+            }
             let Some((d, picks)) = chosen else {
                 return sent;
             };
@@ -311,6 +320,51 @@ impl Queue {
                     result: Err(error),
                     elapsed: Duration::ZERO,
                 });
+            }
+        }
+    }
+
+    /// Whether a faster device would finish everything that is waiting,
+    /// `picks` included, no later than device `d` would finish `picks`: at
+    /// the end of a burst a slow device's batch would only make the last
+    /// answers wait. Never when texts wait for a retry (they may be barred
+    /// from the faster device) or when no faster device is healthy.
+    fn faster_alone(&self, d: usize, picks: &[(u64, usize)], now: Instant) -> bool {
+        let Some(rate) = self.devices[d].rate else {
+            return false;
+        };
+        let Some((f, fast_rate)) = self
+            .devices
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| *i != d && s.paused_until.is_none_or(|t| t <= now))
+            .filter_map(|(i, s)| s.rate.map(|r| (i, r)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+        else {
+            return false;
+        };
+        if fast_rate <= rate || self.jobs.values().any(|a| !a.retry.is_empty()) {
+            return false;
+        }
+        let tokens_of =
+            |&(j, i): &(u64, usize)| self.jobs.get(&j).map_or(0, |a| a.job.tokens[i].ids.len());
+        let batch: usize = picks.iter().map(tokens_of).sum();
+        let waiting: usize = self
+            .jobs
+            .values()
+            .flat_map(|a| a.pending.iter().map(|&i| a.job.tokens[i].ids.len()))
+            .sum();
+        let slow_done = (self.devices[d].outstanding_tokens + batch) as f64 / rate;
+        let fast_done = (self.devices[f].outstanding_tokens + waiting + batch) as f64 / fast_rate;
+        fast_done <= slow_done
+    }
+
+    /// Returns texts chosen by [`pick_batch`](Self::pick_batch) (no retries
+    /// among them) to the front of their jobs' queues, in order.
+    fn put_back(&mut self, picks: &[(u64, usize)]) {
+        for &(j, i) in picks.iter().rev() {
+            if let Some(a) = self.jobs.get_mut(&j) {
+                a.pending.push_front(i);
             }
         }
     }
