@@ -349,14 +349,21 @@ impl Queue {
         let tokens_of =
             |&(j, i): &(u64, usize)| self.jobs.get(&j).map_or(0, |a| a.job.tokens[i].ids.len());
         let batch: usize = picks.iter().map(tokens_of).sum();
-        let waiting: usize = self
-            .jobs
-            .values()
-            .flat_map(|a| a.pending.iter().map(|&i| a.job.tokens[i].ids.len()))
-            .sum();
         let slow_done = (self.devices[d].outstanding_tokens + batch) as f64 / rate;
-        let fast_done = (self.devices[f].outstanding_tokens + waiting + batch) as f64 / fast_rate;
-        fast_done <= slow_done
+        // The tokens the faster device could take before `d` finishes; the
+        // waiting texts are counted only until they pass that (a long queue
+        // is never summed in full).
+        let room = slow_done * fast_rate - (self.devices[f].outstanding_tokens + batch) as f64;
+        let mut waiting = 0.0;
+        for a in self.jobs.values() {
+            for &i in &a.pending {
+                waiting += a.job.tokens[i].ids.len() as f64;
+                if waiting > room {
+                    return false;
+                }
+            }
+        }
+        room >= 0.0
     }
 
     /// Returns texts chosen by [`pick_batch`](Self::pick_batch) (no retries

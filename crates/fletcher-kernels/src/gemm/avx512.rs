@@ -10,8 +10,7 @@
 //! of panels is incomplete or rows run past the end, go through the 8-lane
 //! micro-kernel.
 
-use super::kernel::{micro, Problem};
-use super::pack::pack_a;
+use super::kernel::{pack_rows, tile, Problem};
 use super::{MR, NR};
 use crate::activation::act_regs;
 use crate::simd::{Avx2, SimdF32};
@@ -105,45 +104,6 @@ unsafe fn micro_wide(
     }
 }
 
-/// One `MR x NR` tile through the 8-lane micro-kernel, through a scratch
-/// tile when it is cut by the edge of the matrix.
-///
-/// # Safety
-/// As [`micro`], for the tile at row `r0`, column `col0` of `p.y`, with
-/// `nrows` and `cols` the part of it inside the matrix.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn edge_tile(
-    p: &Problem<'_>,
-    kc: usize,
-    ap: *const f32,
-    bp: *const f32,
-    (r0, nrows): (usize, usize),
-    (col0, cols): (usize, usize),
-    first: bool,
-    epi: Option<(*const f32, Activation)>,
-) {
-    let n = p.n;
-    // SAFETY: forwarded from the caller; `tmp` is an `MR x NR` tile.
-    unsafe {
-        let cp = p.y.add(r0 * n + col0);
-        if nrows == MR && cols == NR {
-            micro::<Avx2>(kc, ap, bp, cp, n, first, epi);
-            return;
-        }
-        let mut tmp = [0.0f32; MR * NR];
-        if !first {
-            for i in 0..nrows {
-                std::ptr::copy_nonoverlapping(cp.add(i * n), tmp.as_mut_ptr().add(i * NR), cols);
-            }
-        }
-        micro::<Avx2>(kc, ap, bp, tmp.as_mut_ptr(), NR, first, epi);
-        for i in 0..nrows {
-            std::ptr::copy_nonoverlapping(tmp.as_ptr().add(i * NR), cp.add(i * n), cols);
-        }
-    }
-}
-
 /// [`super::kernel::task`] with the wide tile, compiled for AVX-512.
 ///
 /// # Safety
@@ -156,13 +116,9 @@ pub(crate) unsafe fn task_avx512(
     scratch: &mut Vec<f32>,
 ) {
     let (k, n) = (p.k, p.n);
-    let mblocks = rows.len().div_ceil(MR);
-    if scratch.len() < mblocks * MR * k {
-        scratch.resize(mblocks * MR * k, 0.0);
-    }
-    pack_a::<Avx2>(p.x, k, rows.clone(), scratch);
+    let mblocks = pack_rows::<Avx2>(p, rows.clone(), scratch);
     // Micro-panel pairs whose 2 MR rows all lie inside the matrix.
-    let full_pairs = (rows.len() / (2 * MR)).min(mblocks / 2);
+    let full_pairs = rows.len() / (2 * MR);
     let mut kb = 0;
     while kb < k {
         let kc = KC2.min(k - kb);
@@ -211,9 +167,9 @@ pub(crate) unsafe fn task_avx512(
                 let nrows = MR.min(rows.end - r0);
                 for j in 0..step {
                     let c0 = col0 + j * NR;
-                    // SAFETY: as above; `edge_tile` handles cut tiles.
+                    // SAFETY: as above; `tile` handles cut tiles.
                     unsafe {
-                        edge_tile(
+                        tile::<Avx2>(
                             p,
                             kc,
                             a_at(mb),

@@ -20,7 +20,7 @@ use std::ops::Range;
 /// `a` must hold `kc * MR` floats, `b` `kc * NR`, and `c` must be an
 /// `MR x NR` tile with row stride `ldc`; `bias` (when given) `NR` floats.
 #[inline(always)]
-pub(crate) unsafe fn micro<V: Lanes8>(
+unsafe fn micro<V: Lanes8>(
     kc: usize,
     a: *const f32,
     b: *const f32,
@@ -87,6 +87,63 @@ unsafe impl Sync for Problem<'_> {}
 // SAFETY: as above.
 unsafe impl Send for Problem<'_> {}
 
+/// Packs rows `rows` of `p.x` into `scratch` as micro-panels; returns how
+/// many.
+#[inline(always)]
+pub(crate) fn pack_rows<V: Lanes8>(
+    p: &Problem<'_>,
+    rows: Range<usize>,
+    scratch: &mut Vec<f32>,
+) -> usize {
+    let mblocks = rows.len().div_ceil(MR);
+    if scratch.len() < mblocks * MR * p.k {
+        scratch.resize(mblocks * MR * p.k, 0.0);
+    }
+    pack_a::<V>(p.x, p.k, rows, scratch);
+    mblocks
+}
+
+/// One `MR x NR` tile of `p.y` at row `r0`, column `col0`, of which `nrows`
+/// rows and `cols` columns lie inside the matrix: straight into `y` when
+/// whole, through a scratch tile when cut by the edge.
+///
+/// # Safety
+/// As [`micro`] for `ap` and `bp` over `kc` steps; the tile's part inside
+/// the matrix must lie in `y` and be the caller's alone.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile<V: Lanes8>(
+    p: &Problem<'_>,
+    kc: usize,
+    ap: *const f32,
+    bp: *const f32,
+    (r0, nrows): (usize, usize),
+    (col0, cols): (usize, usize),
+    first: bool,
+    epi: Option<(*const f32, Activation)>,
+) {
+    let n = p.n;
+    // SAFETY: forwarded from the caller; `tmp` is an `MR x NR` tile of
+    // stride `NR`.
+    unsafe {
+        let cp = p.y.add(r0 * n + col0);
+        if nrows == MR && cols == NR {
+            micro::<V>(kc, ap, bp, cp, n, first, epi);
+            return;
+        }
+        let mut tmp = [0.0f32; MR * NR];
+        if !first {
+            for i in 0..nrows {
+                std::ptr::copy_nonoverlapping(cp.add(i * n), tmp.as_mut_ptr().add(i * NR), cols);
+            }
+        }
+        micro::<V>(kc, ap, bp, tmp.as_mut_ptr(), NR, first, epi);
+        for i in 0..nrows {
+            std::ptr::copy_nonoverlapping(tmp.as_ptr().add(i * NR), cp.add(i * n), cols);
+        }
+    }
+}
+
 /// Computes the output tile `rows x panels` of `p`, packing the rows of `x`
 /// into `scratch`.
 ///
@@ -101,19 +158,13 @@ pub(crate) unsafe fn task<V: Lanes8>(
     scratch: &mut Vec<f32>,
 ) {
     let (k, n) = (p.k, p.n);
-    let mblocks = rows.len().div_ceil(MR);
-    if scratch.len() < mblocks * MR * k {
-        scratch.resize(mblocks * MR * k, 0.0);
-    }
-    pack_a::<V>(p.x, k, rows.clone(), scratch);
-    let mut tmp = [0.0f32; MR * NR];
+    let mblocks = pack_rows::<V>(p, rows.clone(), scratch);
     let mut kb = 0;
     while kb < k {
         let kc = KC.min(k - kb);
         let (first, last) = (kb == 0, kb + kc == k);
         for panel in panels.clone() {
             let col0 = panel * NR;
-            let cols = NR.min(n - col0);
             // SAFETY: the caller guarantees `panel` is a panel of `b`, whose
             // bias is padded to whole panels; `kb + kc <= k`.
             let (bp, epi) = unsafe {
@@ -124,34 +175,12 @@ pub(crate) unsafe fn task<V: Lanes8>(
             };
             for mb in 0..mblocks {
                 let r0 = rows.start + mb * MR;
-                let nrows = MR.min(rows.end - r0);
                 // SAFETY: `scratch` holds `mblocks` packed micro-panels of
-                // `k x MR`; the tile lies inside `y` and is ours alone; edge
-                // tiles go through `tmp`, an `MR x NR` tile of stride `NR`.
+                // `k x MR`; the tile lies inside `y` and is ours alone.
                 unsafe {
                     let ap = scratch.as_ptr().add((mb * k + kb) * MR);
-                    let cp = p.y.add(r0 * n + col0);
-                    if nrows == MR && cols == NR {
-                        micro::<V>(kc, ap, bp, cp, n, first, epi);
-                    } else {
-                        if !first {
-                            for i in 0..nrows {
-                                std::ptr::copy_nonoverlapping(
-                                    cp.add(i * n),
-                                    tmp.as_mut_ptr().add(i * NR),
-                                    cols,
-                                );
-                            }
-                        }
-                        micro::<V>(kc, ap, bp, tmp.as_mut_ptr(), NR, first, epi);
-                        for i in 0..nrows {
-                            std::ptr::copy_nonoverlapping(
-                                tmp.as_ptr().add(i * NR),
-                                cp.add(i * n),
-                                cols,
-                            );
-                        }
-                    }
+                    let at = (r0, MR.min(rows.end - r0));
+                    tile::<V>(p, kc, ap, bp, at, (col0, NR.min(n - col0)), first, epi);
                 }
             }
         }
