@@ -1,12 +1,14 @@
 //! GFLOP/s of `PackedLinear::forward` at MiniLM's shapes.
 //!
-//! Usage: `cargo run --release -p fletcher-kernels --example gemm_bench -- [THREADS] [ACT]`
-//! (THREADS defaults to 2; ACT is an HF activation name such as `gelu`, default identity).
+//! Usage: `cargo run --release -p fletcher-kernels --example gemm_bench -- [THREADS] [ACT] [SEGMENT]`
+//! (THREADS defaults to 2; ACT is an HF activation name such as `gelu`, default identity;
+//! the rows are cut into sequences of SEGMENT rows, default 160, for `forward_segmented`,
+//! and 0 runs the plain `forward`). GFLOP/s count the classic `2 m k n` flops.
 
 use fletcher_kernels::{Activation, PackedLinear};
 use std::time::{Duration, Instant};
 
-const ROWS: [usize; 4] = [16, 256, 2048, 8192];
+const ROWS: [usize; 5] = [16, 256, 1024, 2048, 8192];
 /// (K, N): fused QKV, attention output, FFN up, FFN down.
 const SHAPES: [(usize, usize, &str); 4] = [
     (384, 1152, "qkv"),
@@ -21,13 +23,25 @@ fn main() {
     let act = args.next().map_or(Activation::Identity, |s| {
         Activation::from_hf_name(&s).expect("ACT")
     });
+    let segment: usize = args.next().map_or(160, |s| s.parse().expect("SEGMENT"));
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .expect("pool");
     println!(
-        "isa {}, {threads} thread(s), activation {act:?}",
-        fletcher_kernels::isa().name()
+        "isa {}, {threads} thread(s), activation {act:?}, {}",
+        fletcher_kernels::isa().name(),
+        match segment {
+            0 => "plain forward".to_owned(),
+            s => format!(
+                "segments of {s} rows, Strassen {}",
+                if fletcher_kernels::strassen_enabled() {
+                    "on"
+                } else {
+                    "off"
+                }
+            ),
+        }
     );
     println!(
         "{:>6} {:>5} {:>5} {:>9}  {:>8}  {:>10}",
@@ -45,11 +59,22 @@ fn main() {
                     .map(|i| ((i * 104_729) % 997) as f32 * 1e-3 - 0.5)
                     .collect();
                 let mut y = vec![0f32; m * n];
+                let bounds: Vec<usize> = match segment {
+                    0 => vec![0, m],
+                    s => (0..m).step_by(s).chain([m]).collect(),
+                };
+                let run = |y: &mut [f32]| {
+                    if segment == 0 {
+                        lin.forward(&x, m, y, act);
+                    } else {
+                        lin.forward_segmented(&x, &bounds, y, act);
+                    }
+                };
                 let flops = 2.0 * (m * k * n) as f64;
                 // Warm up, then time batches of calls for at least ~0.3 s in total and keep
                 // the best batch (the machines are shared and noisy).
                 for _ in 0..3 {
-                    lin.forward(&x, m, &mut y, act);
+                    run(&mut y);
                 }
                 let per_batch = ((2e8 / flops) as usize).max(1);
                 let mut best = Duration::MAX;
@@ -57,7 +82,7 @@ fn main() {
                 while start.elapsed() < Duration::from_millis(300) {
                     let t = Instant::now();
                     for _ in 0..per_batch {
-                        lin.forward(&x, m, &mut y, act);
+                        run(&mut y);
                     }
                     best = best.min(t.elapsed() / per_batch as u32);
                 }

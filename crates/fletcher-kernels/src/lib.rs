@@ -22,7 +22,7 @@ pub(crate) mod simd;
 
 pub use activation::Activation;
 pub use cpu::{isa, Isa};
-pub use gemm::PackedLinear;
+pub use gemm::{strassen_enabled, PackedLinear};
 
 #[cfg(test)]
 mod tests;

@@ -318,8 +318,8 @@ impl SelfAttention {
 
     /// The attention context of `x` (`[tokens, hidden]`) into `ctx`.
     fn forward(&self, x: &[f32], cu_seqlens: &[usize], qkv: &mut [f32], ctx: &mut [f32]) {
-        let tokens = x.len() / self.qkv.in_features();
-        self.qkv.forward(x, tokens, qkv, Activation::Identity);
+        self.qkv
+            .forward_segmented(x, cu_seqlens, qkv, Activation::Identity);
         ragged_attention(qkv, cu_seqlens, self.heads, self.head_dim, ctx);
     }
 }
@@ -366,18 +366,21 @@ impl Layer {
         times: &mut StageTimes,
     ) {
         let start = Instant::now();
-        let tokens = x.len() / self.attention_output.out_features();
         self.attention
             .forward(x, cu_seqlens, &mut s.qkv, &mut s.ctx);
-        self.attention_output
-            .forward(&s.ctx, tokens, &mut s.tmp, Activation::Identity);
+        self.attention_output.forward_segmented(
+            &s.ctx,
+            cu_seqlens,
+            &mut s.tmp,
+            Activation::Identity,
+        );
         self.attention_norm.forward_residual(&mut s.tmp, x);
         std::mem::swap(x, &mut *s.tmp);
         let middle = Instant::now();
         self.intermediate
-            .forward(x, tokens, &mut s.inter, self.activation);
+            .forward_segmented(x, cu_seqlens, &mut s.inter, self.activation);
         self.output
-            .forward(&s.inter, tokens, &mut s.tmp, Activation::Identity);
+            .forward_segmented(&s.inter, cu_seqlens, &mut s.tmp, Activation::Identity);
         self.output_norm.forward_residual(&mut s.tmp, x);
         std::mem::swap(x, &mut *s.tmp);
         times.attention += middle - start;

@@ -77,7 +77,15 @@ fn shapes_sizes_and_flops() {
     assert_eq!(enc.max_positions(), 512);
     let (h, m, layers) = (384usize, 1536usize, 6usize);
     let per_layer = (3 * h * h + 3 * h) + (h * h + h) + (m * h + m) + (h * m + h) + 4 * h;
-    let expected = (layers * per_layer + 2 * h) * 4;
+    // With Strassen's algorithm on, each linear layer also holds seven
+    // combinations of its weight's quarters: 7/4 of the weight.
+    let weights = layers * (3 * h * h + h * h + m * h + h * m);
+    let strassen = if fletcher_kernels::strassen_enabled() {
+        7 * weights / 4
+    } else {
+        0
+    };
+    let expected = (layers * per_layer + 2 * h + strassen) * 4;
     // Packing may pad, but the word-embedding table (30522 x 384 f32) must
     // stay in the map rather than be counted here.
     assert!(

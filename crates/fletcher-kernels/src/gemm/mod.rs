@@ -13,11 +13,18 @@
 //! data. Neither the number of rows, nor the split across threads, nor the
 //! block sizes change that chain, so a row's result is the same bits however
 //! it is batched.
+//!
+//! [`PackedLinear::forward_segmented`] also takes runs of rows from one
+//! segment (one sequence of a ragged batch) through one level of Strassen's
+//! algorithm ([`strassen`]): 7/8 of the multiply-adds, results within
+//! rounding of the plain ones, and still the same bits for a segment
+//! however it is batched, since a run never leaves its segment.
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod kernel;
 mod pack;
+mod strassen;
 
 use crate::cpu::{self, Isa};
 use crate::Activation;
@@ -47,11 +54,25 @@ pub struct PackedLinear {
     bias: Vec<f32>,
     out_features: usize,
     in_features: usize,
+    /// The weight's Strassen combinations (7/4 of its size), when
+    /// [`strassen_enabled`] and its shape allows them.
+    strassen: Option<strassen::Combos>,
 }
 
 thread_local! {
     /// Packed rows of the input, reused across calls.
     static A_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Summed and packed input blocks of the Strassen path.
+    static S_SCRATCH: RefCell<strassen::Scratch> = RefCell::new(strassen::Scratch::default());
+}
+
+/// Whether [`PackedLinear::forward_segmented`] takes one level of
+/// Strassen's algorithm where a segment has the rows for it: on unless the
+/// environment sets `FLETCHER_KERNELS_STRASSEN=0`, which makes every row's
+/// result independent of the other rows, bit for bit, at 8/7 of the cost.
+pub fn strassen_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("FLETCHER_KERNELS_STRASSEN").map_or(true, |v| v != "0"))
 }
 
 impl PackedLinear {
@@ -71,11 +92,14 @@ impl PackedLinear {
             padded[..out_features].copy_from_slice(b);
         }
         let packed = pack::pack_b(weight, out_features, in_features);
+        let strassen = (strassen_enabled() && strassen::Combos::fits(in_features, out_features))
+            .then(|| strassen::Combos::new(weight, out_features, in_features));
         Self {
             packed,
             bias: padded,
             out_features,
             in_features,
+            strassen,
         }
     }
 
@@ -92,6 +116,10 @@ impl PackedLinear {
     /// Bytes held by the packed weight and bias.
     pub fn size_bytes(&self) -> usize {
         (self.packed.as_slice().len() + self.bias.len()) * 4
+            + self
+                .strassen
+                .as_ref()
+                .map_or(0, strassen::Combos::size_bytes)
     }
 
     /// `y = act(x · Wᵀ + b)` for `rows` rows; `x` is `[rows, in]`, `y` is
@@ -100,6 +128,21 @@ impl PackedLinear {
     /// current rayon pool has.
     pub fn forward(&self, x: &[f32], rows: usize, y: &mut [f32], act: Activation) {
         self.forward_with(cpu::isa(), x, rows, y, act);
+    }
+
+    /// [`forward`](Self::forward) over rows cut into segments (a ragged
+    /// batch's sequences): segment `i` is rows `bounds[i]..bounds[i + 1]`,
+    /// `bounds` starting at 0 and ending at the number of rows.
+    ///
+    /// Unless `FLETCHER_KERNELS_STRASSEN=0` (see [`strassen_enabled`]), each
+    /// run of `2 H` rows from a segment's start (96 rows) takes one level of
+    /// Strassen's algorithm, for 7/8 of the multiply-adds; the segment's last
+    /// rows take the plain loop nest. A row's result then depends on the rows
+    /// of its own segment, and differs from [`forward`](Self::forward)'s by
+    /// rounding; it is still the same bits whatever the other segments are,
+    /// where the segment sits, and however many threads there are.
+    pub fn forward_segmented(&self, x: &[f32], bounds: &[usize], y: &mut [f32], act: Activation) {
+        self.forward_on(cpu::isa(), strassen_enabled(), x, bounds, y, act);
     }
 
     /// [`forward`](Self::forward) on an explicit code path.
@@ -111,7 +154,26 @@ impl PackedLinear {
         y: &mut [f32],
         act: Activation,
     ) {
+        self.forward_on(isa, false, x, &[0, rows], y, act);
+    }
+
+    /// [`forward_segmented`](Self::forward_segmented) on an explicit code
+    /// path, with or without the Strassen chunks.
+    pub(crate) fn forward_on(
+        &self,
+        isa: Isa,
+        strassen: bool,
+        x: &[f32],
+        bounds: &[usize],
+        y: &mut [f32],
+        act: Activation,
+    ) {
         let (k, n) = (self.in_features, self.out_features);
+        let rows = bounds.last().copied().unwrap_or(0);
+        assert!(
+            bounds.first().is_none_or(|&b| b == 0) && bounds.windows(2).all(|w| w[0] <= w[1]),
+            "segment bounds must rise from 0"
+        );
         assert_eq!(x.len(), rows * k);
         assert_eq!(y.len(), rows * n);
         if rows == 0 || n == 0 {
@@ -124,36 +186,164 @@ impl PackedLinear {
             }
             return;
         }
-        let problem = Problem {
-            x,
-            k,
-            n,
-            b: self.packed.as_slice(),
-            bias: &self.bias,
-            act,
-            y: y.as_mut_ptr(),
-        };
-        let panels = n.div_ceil(NR);
         let threads = if rows * k * n < SERIAL_MACS {
             1
         } else {
             rayon::current_num_threads()
         };
-        let plan = Plan::new(rows, panels, threads);
+        let combos = self.strassen.as_ref().filter(|_| strassen);
+        let span = 2 * strassen::H;
+        let mut chunks = Vec::new();
+        let mut rest = Vec::new();
+        if combos.is_some() {
+            for w in bounds.windows(2) {
+                let whole = (w[1] - w[0]) / span;
+                chunks.extend((0..whole).map(|c| w[0] + c * span));
+                if w[0] + whole * span < w[1] {
+                    rest.push(w[0] + whole * span..w[1]);
+                }
+            }
+        }
+        let Some(combos) = combos.filter(|_| !chunks.is_empty()) else {
+            self.plain(isa, x, rows, y.as_mut_ptr(), act, threads, &[]);
+            return;
+        };
+        // The rows no chunk covers are gathered, multiplied as one
+        // contiguous block alongside the chunks, and put back.
+        let rest_rows: usize = rest.iter().map(ExactSizeIterator::len).sum();
+        let mut x_rest = Vec::with_capacity(rest_rows * k);
+        for r in &rest {
+            x_rest.extend_from_slice(&x[r.start * k..r.end * k]);
+        }
+        let mut y_rest = vec![0f32; rest_rows * n];
+        // With few chunks, each is cut into parts along the output columns
+        // so the threads share them evenly.
+        let units = n / 2 / strassen::UNIT;
+        let parts = (4 * threads).div_ceil(chunks.len()).clamp(1, units);
+        let halves = strassen::Problem {
+            x,
+            k,
+            n,
+            combos,
+            bias: &self.bias,
+            act,
+            y: y.as_mut_ptr(),
+        };
+        let chunk_tasks: Vec<(usize, Range<usize>)> = chunks
+            .iter()
+            .flat_map(|&r0| {
+                (0..parts).map(move |j| (r0, j * units / parts..(j + 1) * units / parts))
+            })
+            .collect();
+        let run_chunk_task = |t: usize| {
+            let (r0, ref cols) = chunk_tasks[t];
+            S_SCRATCH.with(|s| {
+                let mut s = s.borrow_mut();
+                // SAFETY: chunk tasks cover disjoint tiles of the chunks'
+                // rows inside `y`, whose extent was checked above; the ISA
+                // was detected at runtime.
+                unsafe { run_chunk(isa, &halves, r0, cols.clone(), &mut s) }
+            });
+        };
+        self.plain(
+            isa,
+            &x_rest,
+            rest_rows,
+            y_rest.as_mut_ptr(),
+            act,
+            threads,
+            &[(chunk_tasks.len(), &run_chunk_task)],
+        );
+        let mut at = 0;
+        for r in rest {
+            let len = r.len() * n;
+            y[r.start * n..r.end * n].copy_from_slice(&y_rest[at..at + len]);
+            at += len;
+        }
+    }
+
+    /// The plain loop nest over `rows` rows of `x` into `y`, its tasks run
+    /// in one parallel loop with `extra`'s (a count of tasks, and what runs
+    /// task `i` of them).
+    #[allow(clippy::too_many_arguments)]
+    fn plain(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        rows: usize,
+        y: *mut f32,
+        act: Activation,
+        threads: usize,
+        extra: &[(usize, &(dyn Fn(usize) + Sync))],
+    ) {
+        let problem = Problem {
+            x,
+            k: self.in_features,
+            n: self.out_features,
+            b: self.packed.as_slice(),
+            bias: &self.bias,
+            act,
+            y,
+        };
+        let panels = self.out_features.div_ceil(NR);
+        let plan = Plan::new(rows.max(1), panels, threads);
+        let plain = if rows == 0 { 0 } else { plan.tasks() };
+        let extra_tasks: usize = extra.iter().map(|e| e.0).sum();
         let run = |t: usize| {
+            if t >= plain {
+                let mut t = t - plain;
+                for (count, f) in extra {
+                    if t < *count {
+                        return f(t);
+                    }
+                    t -= count;
+                }
+                return;
+            }
             let (r, p) = plan.task(t);
             A_SCRATCH.with(|s| {
                 let mut s = s.borrow_mut();
-                // SAFETY: the plan's tiles are disjoint and inside `y`, whose
-                // extent was checked above; the ISA was detected at runtime.
+                // SAFETY: the plan's tiles are disjoint and inside `y`, which
+                // holds `rows` rows (callers); the ISA was detected at
+                // runtime.
                 unsafe { run_task(isa, &problem, r, p, &mut s) }
             });
         };
-        if plan.tasks() == 1 || threads == 1 {
-            (0..plan.tasks()).for_each(run);
+        let tasks = plain + extra_tasks;
+        if tasks == 1 || threads == 1 {
+            (0..tasks).for_each(run);
         } else {
-            (0..plan.tasks()).into_par_iter().for_each(run);
+            // One task per job, so threads steal whole tasks from each other
+            // to the end instead of each running a fixed half.
+            (0..tasks).into_par_iter().with_max_len(1).for_each(run);
         }
+    }
+}
+
+/// Rows in each half of a Strassen chunk.
+#[cfg(test)]
+pub(crate) fn strassen_half_rows() -> usize {
+    strassen::H
+}
+
+/// # Safety
+/// As [`strassen::chunk`]; `isa` must be supported by the CPU.
+unsafe fn run_chunk(
+    isa: Isa,
+    p: &strassen::Problem<'_>,
+    r0: usize,
+    units: Range<usize>,
+    s: &mut strassen::Scratch,
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: forwarded from the caller.
+        Isa::Avx2Fma => unsafe { strassen::chunk_avx2(p, r0, units, s) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: forwarded from the caller.
+        Isa::Avx512 => unsafe { strassen::chunk_avx512(p, r0, units, s) },
+        // SAFETY: forwarded from the caller.
+        _ => unsafe { strassen::chunk_portable(p, r0, units, s) },
     }
 }
 

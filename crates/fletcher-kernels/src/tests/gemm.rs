@@ -168,8 +168,9 @@ fn fused_epilogue_is_apply() {
 }
 
 /// Every code path gives the same bits when each has fused multiply-add:
-/// shapes with whole and cut 12 x 32 tiles, an odd panel at the end, and `k`
-/// spanning several blocks, with bias and every activation.
+/// shapes with whole and cut 12 x 32 tiles, an odd panel at the end, `k`
+/// spanning several blocks, and Strassen chunks, with bias and every
+/// activation.
 #[test]
 fn paths_with_fma_agree() {
     let paths: Vec<_> = isas()
@@ -180,22 +181,28 @@ fn paths_with_fma_agree() {
         return;
     }
     let mut rng = Rng::new(3);
+    let h = crate::gemm::strassen_half_rows();
     for (m, k, n, threads) in [
         (9, 77, 40, 1),
         (29, 400, 72, 2),
         (48, 1536, 96, 2),
         (13, 384, 1152, 3),
+        // Strassen chunks and a plain tail.
+        (16 * h + 25, 384, 128, 2),
     ] {
+        let bounds = [0, m / 2, m];
         let (x, w, b) = (rng.vec(m * k, 1.0), rng.vec(n * k, 0.5), rng.vec(n, 1.0));
         let lin = PackedLinear::new(&w, Some(&b), n, k);
         for act in ALL_ACTS {
             let mut first = vec![0.0; m * n];
             in_pool(threads, || {
-                lin.forward_with(paths[0], &x, m, &mut first, act)
+                lin.forward_on(paths[0], true, &x, &bounds, &mut first, act)
             });
             for &isa in &paths[1..] {
                 let mut y = vec![0.0; m * n];
-                in_pool(threads, || lin.forward_with(isa, &x, m, &mut y, act));
+                in_pool(threads, || {
+                    lin.forward_on(isa, true, &x, &bounds, &mut y, act)
+                });
                 let same = y
                     .iter()
                     .zip(&first)
@@ -218,5 +225,131 @@ proptest! {
         seed in any::<u64>(),
     ) {
         check(m, k, n, ALL_ACTS[act], seed, threads).map_err(TestCaseError::fail)?;
+    }
+}
+
+/// Products of enough rows to take the Strassen chunks, with rows left over
+/// for the plain loop nest: every output within rounding of the `f64`
+/// reference, the rounding scale being that of the row and of its partner
+/// in the chunk, on every code path and activation; and not the plain
+/// path's bits, so the chunks did run.
+#[test]
+fn strassen_chunks_match_reference() {
+    if !crate::strassen_enabled() {
+        return;
+    }
+    let mut rng = Rng::new(17);
+    let h = crate::gemm::strassen_half_rows();
+    for (m, k, n, threads) in [
+        (8 * h + 37, 64, 64, 1),
+        (16 * h + 30, 384, 1152, 2),
+        (24 * h + 48, 1536, 384, 3),
+    ] {
+        let x = rng.vec(m * k, 1.0);
+        let w = rng.vec(n * k, 0.5);
+        let b = rng.vec(n, 1.0);
+        let lin = PackedLinear::new(&w, Some(&b), n, k);
+        let (pre, mag) = reference(&x, &w, &b, m, k, n, Activation::Identity);
+        let chunked = m / (2 * h) * 2 * h;
+        let partner = |r: usize| match r {
+            r if r >= chunked => r,
+            r if r % (2 * h) < h => r + h,
+            r => r - h,
+        };
+        for act in ALL_ACTS {
+            for isa in isas() {
+                let mut y = vec![f32::NAN; m * n];
+                in_pool(threads, || {
+                    lin.forward_on(isa, true, &x, &[0, m], &mut y, act)
+                });
+                for r in 0..m {
+                    for j in 0..n {
+                        let i = r * n + j;
+                        let want = act64(act, pre[i]);
+                        let scale = 1.0 + mag[i] + mag[partner(r) * n + j];
+                        let tol = 1e-5 * scale + 1e-6 * want.abs();
+                        assert!(
+                            (y[i] as f64 - want).abs() <= tol,
+                            "{isa:?} {m}x{k}x{n} {act:?}: y[{r}][{j}] = {}, want {want}",
+                            y[i]
+                        );
+                    }
+                }
+                let mut plain = vec![0.0; m * n];
+                in_pool(threads, || lin.forward_with(isa, &x, m, &mut plain, act));
+                let differ = y[..chunked * n]
+                    .iter()
+                    .zip(&plain)
+                    .filter(|(a, b)| a.to_bits() != b.to_bits())
+                    .count();
+                assert!(differ > 0, "{isa:?} {m}x{k}x{n}: no chunk ran");
+                let tail = |v: &[f32]| {
+                    v[chunked * n..]
+                        .iter()
+                        .map(|x| x.to_bits())
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(
+                    tail(&y),
+                    tail(&plain),
+                    "rows after the chunks take the plain path"
+                );
+            }
+        }
+    }
+}
+
+/// A segment's rows computed alone and inside batches of other segments of
+/// many lengths, at many positions, in pools of 1 to 4 threads, with the
+/// Strassen chunks on: the bits must be identical.
+#[test]
+fn segmented_batch_invariance_is_bitwise() {
+    if !crate::strassen_enabled() {
+        return;
+    }
+    let mut rng = Rng::new(23);
+    let h = crate::gemm::strassen_half_rows();
+    for (k, n) in [(384, 1152), (1536, 384), (64, 64)] {
+        let w = rng.vec(n * k, 0.5);
+        let b = rng.vec(n, 1.0);
+        let lin = PackedLinear::new(&w, Some(&b), n, k);
+        for len in [h, 2 * h, 3 * 2 * h + 7, 5 * 2 * h] {
+            let probe = rng.vec(len * k, 1.0);
+            for isa in isas() {
+                let act = Activation::Gelu;
+                let mut alone = vec![0.0; len * n];
+                in_pool(1, || {
+                    lin.forward_on(isa, true, &probe, &[0, len], &mut alone, act)
+                });
+                for (others, threads) in [(1, 2), (3, 1), (4, 3), (6, 4)] {
+                    let lens: Vec<usize> = (0..others).map(|_| 1 + rng.below(4 * h)).collect();
+                    let pos = rng.below(others + 1);
+                    let mut bounds = vec![0];
+                    let mut x = Vec::new();
+                    let mut start = 0;
+                    for i in 0..=others {
+                        if i == pos {
+                            start = x.len() / k;
+                            x.extend_from_slice(&probe);
+                            bounds.push(x.len() / k);
+                        }
+                        if i < others {
+                            x.extend(rng.vec(lens[i] * k, 3.0));
+                            bounds.push(x.len() / k);
+                        }
+                    }
+                    let rows = x.len() / k;
+                    let mut y = vec![0.0; rows * n];
+                    in_pool(threads, || {
+                        lin.forward_on(isa, true, &x, &bounds, &mut y, act)
+                    });
+                    let got = &y[start * n..][..len * n];
+                    assert!(
+                        got.iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{isa:?} k={k} n={n}: segment of {len} at row {start} of {rows}, {threads} threads"
+                    );
+                }
+            }
+        }
     }
 }
