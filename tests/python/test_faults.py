@@ -128,7 +128,7 @@ def weights_until(server, pool, settled, deadline, offset):
     cpu:1 (an average of recent batches, so noisy on a busy machine) or
     `deadline` passes; returns the last ratio."""
     ratio = None
-    for round_ in range(6):
+    for round_ in range(12):
         batch = chunks(40, 32, offset=offset + round_ * 11, texts=SHORT)
         for texts, (status, body) in zip(batch, pool.map(lambda t: post(server, t), batch)):
             assert check_answer(status, body, texts, None)
@@ -150,7 +150,7 @@ def test_slow_device_gets_a_third_of_the_work(server):
     arm(server, device="cpu:1", fault="slow", factor=3.0)
     try:
         with ThreadPoolExecutor(40) as pool:
-            ratio = weights_until(server, pool, lambda r: 2.4 <= r <= 3.6, time.monotonic() + 30, 0)
+            ratio = weights_until(server, pool, lambda r: 2.4 <= r <= 3.6, time.monotonic() + 45, 0)
             assert 2.4 <= ratio <= 3.6, ratio
             assert metric(server, "fletcher_gpu_batch_count_total", device="cpu:1") > 0
             arm(server, device="cpu:1", fault="slow", factor=1.0)
