@@ -22,6 +22,47 @@ use std::ops::Range;
 /// stay in a 32 KiB L1 while the input micro-panels stream past them.
 const KC2: usize = 192;
 
+/// `acc += A · B` on a `2 MR x 2 NR` tile over `kc` steps of `k`: `a0`/`a1`
+/// two micro-panels (rows `0..MR` and `MR..2 MR`), `b0`/`b1` two panels
+/// (columns `0..NR` and `NR..2 NR`); one fused multiply-add per element a
+/// step.
+///
+/// # Safety
+/// `a0`, `a1` must hold `kc * MR` floats, `b0`, `b1` `kc * NR`; the CPU must
+/// have AVX-512F.
+#[inline(always)]
+pub(crate) unsafe fn accumulate_wide(
+    kc: usize,
+    a: [*const f32; 2],
+    b: [*const f32; 2],
+    acc: &mut [[__m512; 2]; 2 * MR],
+) {
+    let [mut a0, mut a1] = a;
+    let [mut b0, mut b1] = b;
+    for _ in 0..kc {
+        // SAFETY: the caller guarantees `kc` steps of each pointer and the
+        // instruction set.
+        unsafe {
+            let w0 = _mm512_load_ps(b0);
+            let w1 = _mm512_load_ps(b1);
+            for i in 0..MR {
+                let x = _mm512_set1_ps(*a0.add(i));
+                acc[i][0] = _mm512_fmadd_ps(x, w0, acc[i][0]);
+                acc[i][1] = _mm512_fmadd_ps(x, w1, acc[i][1]);
+            }
+            for i in 0..MR {
+                let x = _mm512_set1_ps(*a1.add(i));
+                acc[MR + i][0] = _mm512_fmadd_ps(x, w0, acc[MR + i][0]);
+                acc[MR + i][1] = _mm512_fmadd_ps(x, w1, acc[MR + i][1]);
+            }
+            a0 = a0.add(MR);
+            a1 = a1.add(MR);
+            b0 = b0.add(NR);
+            b1 = b1.add(NR);
+        }
+    }
+}
+
 /// `C += A · B` on a `2 MR x 2 NR` tile over `kc` steps of `k`.
 ///
 /// `a0`/`a1` are two micro-panels (rows `0..MR` and `MR..2 MR`), `b0`/`b1`
@@ -53,26 +94,7 @@ unsafe fn micro_wide(
                 row[1] = _mm512_loadu_ps(c.add(i * ldc + NR));
             }
         }
-        let [mut a0, mut a1] = a;
-        let [mut b0, mut b1] = b;
-        for _ in 0..kc {
-            let w0 = _mm512_load_ps(b0);
-            let w1 = _mm512_load_ps(b1);
-            for i in 0..MR {
-                let x = _mm512_set1_ps(*a0.add(i));
-                acc[i][0] = _mm512_fmadd_ps(x, w0, acc[i][0]);
-                acc[i][1] = _mm512_fmadd_ps(x, w1, acc[i][1]);
-            }
-            for i in 0..MR {
-                let x = _mm512_set1_ps(*a1.add(i));
-                acc[MR + i][0] = _mm512_fmadd_ps(x, w0, acc[MR + i][0]);
-                acc[MR + i][1] = _mm512_fmadd_ps(x, w1, acc[MR + i][1]);
-            }
-            a0 = a0.add(MR);
-            a1 = a1.add(MR);
-            b0 = b0.add(NR);
-            b1 = b1.add(NR);
-        }
+        accumulate_wide(kc, a, b, &mut acc);
         if let Some((bias, _)) = epi {
             let (bias0, bias1) = (_mm512_loadu_ps(bias), _mm512_loadu_ps(bias.add(NR)));
             for row in acc.iter_mut() {

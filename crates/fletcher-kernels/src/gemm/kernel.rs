@@ -8,6 +8,35 @@ use crate::simd::Lanes8;
 use crate::Activation;
 use std::ops::Range;
 
+/// `acc += A_panel · B_panel` over `kc` steps of `k`, the `MR x NR` tile
+/// held as two vectors a row; one fused multiply-add per element a step.
+///
+/// # Safety
+/// `a` must hold `kc * MR` floats and `b` `kc * NR`.
+#[inline(always)]
+pub(crate) unsafe fn accumulate<V: Lanes8>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    acc: &mut [V; 2 * MR],
+) {
+    let (mut a, mut b) = (a, b);
+    for _ in 0..kc {
+        // SAFETY: the caller guarantees `kc` steps of `a` and `b`.
+        unsafe {
+            let b0 = V::load(b);
+            let b1 = V::load(b.add(8));
+            for i in 0..MR {
+                let ai = V::broadcast(a.add(i));
+                acc[2 * i] = ai.mul_add(b0, acc[2 * i]);
+                acc[2 * i + 1] = ai.mul_add(b1, acc[2 * i + 1]);
+            }
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+    }
+}
+
 /// The `MR x NR` tile `C += A_panel · B_panel` over `kc` steps of `k`.
 ///
 /// Every output element is one chain of fused multiply-adds over `k` in
@@ -38,18 +67,7 @@ unsafe fn micro<V: Lanes8>(
                 acc[2 * i + 1] = V::load(c.add(i * ldc + 8));
             }
         }
-        let (mut a, mut b) = (a, b);
-        for _ in 0..kc {
-            let b0 = V::load(b);
-            let b1 = V::load(b.add(8));
-            for i in 0..MR {
-                let ai = V::broadcast(a.add(i));
-                acc[2 * i] = ai.mul_add(b0, acc[2 * i]);
-                acc[2 * i + 1] = ai.mul_add(b1, acc[2 * i + 1]);
-            }
-            a = a.add(MR);
-            b = b.add(NR);
-        }
+        accumulate::<V>(kc, a, b, &mut acc);
         if let Some((bias, act)) = epi {
             let (bias0, bias1) = (V::load(bias), V::load(bias.add(8)));
             for i in 0..MR {

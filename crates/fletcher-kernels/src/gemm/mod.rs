@@ -286,8 +286,8 @@ impl PackedLinear {
             y,
         };
         let panels = self.out_features.div_ceil(NR);
-        let plan = Plan::new(rows.max(1), panels, threads);
-        let plain = if rows == 0 { 0 } else { plan.tasks() };
+        let plan = (rows > 0).then(|| Plan::new(rows, panels, threads));
+        let plain = plan.map_or(0, |p| p.tasks());
         let extra_tasks: usize = extra.iter().map(|e| e.0).sum();
         let run = |t: usize| {
             if t >= plain {
@@ -300,7 +300,7 @@ impl PackedLinear {
                 }
                 return;
             }
-            let (r, p) = plan.task(t);
+            let (r, p) = plan.expect("plain tasks need rows").task(t);
             A_SCRATCH.with(|s| {
                 let mut s = s.borrow_mut();
                 // SAFETY: the plan's tiles are disjoint and inside `y`, which

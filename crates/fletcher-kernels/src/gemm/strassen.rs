@@ -204,18 +204,7 @@ impl<V: Lanes8> Tile for Narrow<V> {
         let mut acc = [V::splat(0.0); 2 * MR];
         // SAFETY: the caller guarantees the extents.
         unsafe {
-            let (mut a, mut b) = (a, b);
-            for _ in 0..kc {
-                let b0 = V::load(b);
-                let b1 = V::load(b.add(8));
-                for i in 0..MR {
-                    let ai = V::broadcast(a.add(i));
-                    acc[2 * i] = ai.mul_add(b0, acc[2 * i]);
-                    acc[2 * i + 1] = ai.mul_add(b1, acc[2 * i + 1]);
-                }
-                a = a.add(MR);
-                b = b.add(NR);
-            }
+            super::kernel::accumulate::<V>(kc, a, b, &mut acc);
             for d in dests {
                 for i in 0..MR {
                     for h in 0..2 {
@@ -250,26 +239,7 @@ impl Tile for Wide {
         // SAFETY: the caller guarantees the extents and AVX-512F.
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
-            let (mut a0, mut a1) = (a, a.add(kc * MR));
-            let (mut b0, mut b1) = (b, b.add(kc * NR));
-            for _ in 0..kc {
-                let w0 = _mm512_load_ps(b0);
-                let w1 = _mm512_load_ps(b1);
-                for i in 0..MR {
-                    let x = _mm512_set1_ps(*a0.add(i));
-                    acc[i][0] = _mm512_fmadd_ps(x, w0, acc[i][0]);
-                    acc[i][1] = _mm512_fmadd_ps(x, w1, acc[i][1]);
-                }
-                for i in 0..MR {
-                    let x = _mm512_set1_ps(*a1.add(i));
-                    acc[MR + i][0] = _mm512_fmadd_ps(x, w0, acc[MR + i][0]);
-                    acc[MR + i][1] = _mm512_fmadd_ps(x, w1, acc[MR + i][1]);
-                }
-                a0 = a0.add(MR);
-                a1 = a1.add(MR);
-                b0 = b0.add(NR);
-                b1 = b1.add(NR);
-            }
+            super::avx512::accumulate_wide(kc, [a, a.add(kc * MR)], [b, b.add(kc * NR)], &mut acc);
             for d in dests {
                 for (i, row) in acc.iter().enumerate() {
                     for (h, &t) in row.iter().enumerate() {
